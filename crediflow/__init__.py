@@ -1,0 +1,1 @@
+"""crediflow: data-centric SFT pipeline library."""

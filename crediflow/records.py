@@ -1,0 +1,55 @@
+"""The canonical record every stage reads and writes (DESIGN.md section 2)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+ROLES: tuple[str, ...] = ("system", "user", "assistant")
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+MESSAGES = pa.list_(MESSAGE)
+
+RECORD_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("messages", MESSAGES, nullable=False),
+        pa.field("label", pa.string()),
+        pa.field("rating", pa.float64()),
+        pa.field("group", pa.string()),
+        pa.field("source", pa.string(), nullable=False),
+    ]
+)
+
+# One row per input row (or whole file) that did not make it into the records.
+# `row` is the 1-based record number inside `file`; `line` the 1-based line where the
+# format has lines (JSONL, CSV), else null.
+REJECT_SCHEMA = pa.schema(
+    [
+        pa.field("row", pa.int64()),
+        pa.field("file", pa.string()),
+        pa.field("line", pa.int64()),
+        pa.field("field", pa.string()),
+        pa.field("reason", pa.string()),
+    ]
+)
+
+# Fields the supported source formats may carry, with their raw types. Anything else in
+# an input row is ignored.
+RAW_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("messages", MESSAGES),
+        pa.field(
+            "conversations", pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))
+        ),
+        pa.field("system", pa.string()),
+        pa.field("instruction", pa.string()),
+        pa.field("input", pa.string()),
+        pa.field("output", pa.string()),
+        pa.field("prompt", pa.string()),
+        pa.field("response", pa.string()),
+        pa.field("label", pa.string()),
+        pa.field("rating", pa.float64()),
+        pa.field("group", pa.string()),
+    ]
+)

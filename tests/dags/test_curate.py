@@ -1,0 +1,149 @@
+"""DAG integrity, and DAG `curate` end to end with `dag.test()` in a temporary project folder:
+real Airflow (SQLite), real DVC, real MLflow (SQLite store)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from crediflow.demo import write_demo
+from tasks.settings import PROJECT_ROOT, project_root
+
+BIN = Path(sys.executable).parent
+
+
+def _run(*cmd: str, cwd: Path) -> None:
+    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, env=os.environ | {
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+
+
+@pytest.fixture(scope="module")
+def project() -> Path:
+    """A fresh project folder (the session's CREDIFLOW_HOME): code, dvc.yaml, params, git, DVC."""
+    root = project_root()
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    for name in ("crediflow", "tasks"):
+        shutil.copytree(PROJECT_ROOT / name, root / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(PROJECT_ROOT / name, root / name)
+    write_demo(root / "data/raw/demo.jsonl", root / "data/truth/labels.csv", n=200, seed=1)
+    _run("git", "init", "-q", cwd=root)
+    _run("dvc", "init", "-q", cwd=root)
+    _run("git", "add", ".", cwd=root)
+    _run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=root)
+    _run("airflow", "db", "migrate", cwd=root)
+    return root
+
+
+def _dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
+
+
+def test_dags_import_cleanly_and_every_task_retries(project):
+    bag = _dagbag()
+    assert bag.import_errors == {}
+    assert "curate" in bag.dags
+    for dag in bag.dags.values():
+        for task in dag.tasks:
+            assert task.retries >= 1, f"{dag.dag_id}.{task.task_id} has no retries"
+
+
+def test_dag_files_import_nothing_heavy():
+    code = ("import sys, runpy; runpy.run_path('dags/curate.py'); "
+            "print(sorted({'mlflow', 'dvc', 'great_expectations', 'torch', 'transformers', "
+            "'pandas'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def _lock(project: Path) -> dict:
+    return yaml.safe_load((project / "dvc.lock").read_text())["stages"]["ingest"]
+
+
+def _runs(run_id: str):
+    import mlflow
+
+    from tasks import lineage
+
+    parent_id = lineage.pipeline_run("curate", "curate", run_id)
+    client = mlflow.MlflowClient()
+    children = client.search_runs([lineage.experiment_id()],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    return client.get_run(parent_id), {c.data.tags["crediflow.stage"]: c for c in children}
+
+
+def test_curate_end_to_end(project):
+    dag = _dagbag().dags["curate"]
+
+    run = dag.test()
+    assert str(run.state) == "success"
+    records = pq.read_table(project / "data/ingested/records.parquet")
+    assert records.num_rows == 200
+    assert set(records.column("label").to_pylist()) == {"harmless", "harmful"}
+    assert pq.read_table(project / "data/ingested/rejected.parquet").num_rows == 0
+    metrics = json.loads((project / "reports/ingest/metrics.json").read_text())
+    assert metrics["rows_out"] == 200
+
+    lock = _lock(project)
+    outs = {o["path"]: o["md5"] for o in lock["outs"]}
+    deps = {d["path"]: d["md5"] for d in lock["deps"]}
+    assert outs["data/ingested"].endswith(".dir")
+
+    parent, children = _runs(run.run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["airflow.run_id"] == run.run_id
+    assert parent.data.tags["airflow.dag_id"] == "curate"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True,
+                          text=True).stdout.strip()
+    assert parent.data.tags["git.commit"] == head
+    child = children["ingest"]
+    assert child.info.status == "FINISHED"
+    assert child.data.tags["dvc.skipped"] == "false"
+    assert child.data.metrics["rows_out"] == 200
+    assert child.data.params["ingest.max_reject_fraction"] == "0.05"
+    logged = {(d.dataset.name, [t.value for t in d.tags if t.key == "mlflow.data.context"][0]):
+              d.dataset.digest for d in child.inputs.dataset_inputs}
+    assert logged[("data/raw", "input")] == deps["data/raw"]
+    assert logged[("data/ingested", "output")] == outs["data/ingested"]
+
+    # nothing changed: DVC skips the stage, and says so in MLflow
+    again = dag.test()
+    assert str(again.state) == "success"
+    _, children = _runs(again.run_id)
+    assert children["ingest"].data.tags["dvc.skipped"] == "true"
+    assert _lock(project) == lock
+
+
+def test_curate_bad_input_fails_and_keeps_previous_outputs(project):
+    if not (project / "data/ingested/records.parquet").exists():
+        pytest.skip("needs the successful run of test_curate_end_to_end first")
+    before = (project / "data/ingested/records.parquet").read_bytes()
+    lock = _lock(project)
+    with (project / "data/raw/demo.jsonl").open("a") as fh:
+        for i in range(30):
+            fh.write(json.dumps({"prompt": f"p{i}", "response": "r", "label": "spicy"}) + "\n")
+    try:
+        run = _dagbag().dags["curate"].test()
+        assert str(run.state) == "failed"
+        assert (project / "data/ingested/records.parquet").read_bytes() == before
+        assert _lock(project) == lock
+        parent, children = _runs(run.run_id)
+        assert parent.info.status == "FAILED"
+        assert children["ingest"].info.status == "FAILED"
+        assert "unknown label 'spicy'" in children["ingest"].data.tags["crediflow.error"]
+    finally:
+        lines = (project / "data/raw/demo.jsonl").read_text().splitlines()[:-30]
+        (project / "data/raw/demo.jsonl").write_text("\n".join(lines) + "\n")

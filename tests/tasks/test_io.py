@@ -1,0 +1,34 @@
+import pytest
+
+from tasks.io import atomic_dir, write_json
+
+
+def test_atomic_dir_replaces_the_folder_on_success(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with atomic_dir(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+        assert (target / "old.txt").exists()  # nothing changes until the block succeeds
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+
+
+def test_atomic_dir_leaves_the_previous_output_on_failure(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("stage failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert (target / "old.txt").read_text() == "old"
+
+
+def test_write_json_is_whole_or_nothing(tmp_path):
+    path = tmp_path / "m.json"
+    write_json(path, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json(path, {"a": object()})
+    assert path.read_text() == '{\n  "a": 1\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
