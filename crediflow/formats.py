@@ -57,6 +57,8 @@ def to_messages(raw: pa.Table, formats: np.ndarray) -> pa.ListArray:
     parts, order = [], []
     for code, build in enumerate((_from_messages, _from_sharegpt, _from_alpaca, _from_prompt)):
         idx = np.flatnonzero(formats == code)
+        if len(idx) == len(raw):  # a single format: no copies to split and merge
+            return build(raw)
         if len(idx):
             parts.append(build(raw.take(pa.array(idx))))
             order.append(idx)
@@ -121,8 +123,8 @@ def normalized_text(messages: pa.ListArray) -> pa.Array:
     """One string per conversation: roles and whitespace-collapsed contents, joined."""
     offsets = messages.offsets.to_numpy()
     flat = messages.flatten()
-    content = pc.fill_null(flat.field("content"), "")
-    content = pc.replace_substring_regex(pc.utf8_trim_whitespace(content), r"\s+", " ")
+    content = pc.utf8_trim_whitespace(pc.fill_null(flat.field("content"), ""))
+    content = pc.binary_join(pc.utf8_split_whitespace(content), " ")
     turns = pc.binary_join_element_wise(pc.fill_null(flat.field("role"), ""), content, "\x1f")
     per_row = pa.ListArray.from_arrays(pa.array(offsets - offsets[0], pa.int32()), turns)
     return pc.binary_join(per_row, "\x1e")

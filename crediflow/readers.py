@@ -102,15 +102,30 @@ def _nonblank_lines(data: bytes) -> np.ndarray:
     if len(buf) and buf[-1] != 0x0A:
         ends = np.append(ends, len(buf))
     starts = np.concatenate(([0], ends[:-1] + 1)) if len(ends) else np.zeros(0, np.int64)
-    # whitespace-only lines are rare; count a line as blank when it has no byte above space
-    nonspace = np.concatenate(([0], np.cumsum(buf > 0x20)))
-    has_text = nonspace[ends] - nonspace[starts] > 0
-    return np.flatnonzero(has_text).astype(np.int64) + 1
+    blank = ends == starts
+    filled = np.flatnonzero(~blank)
+    if len(filled):
+        # each segment runs from a non-empty line's start to the next one's, so it holds that
+        # line plus only empty lines after it: all-whitespace exactly when the line is blank
+        blank[filled] = np.logical_and.reduceat(buf <= 0x20, starts[filled])
+    return np.flatnonzero(~blank).astype(np.int64) + 1
+
+
+def _is_utf8(data: bytes) -> bool:
+    """Whether `data` is valid UTF-8, checked without a decoded copy."""
+    offsets = pa.py_buffer(np.array([0, len(data)], np.int64).tobytes())
+    whole = pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(data)])
+    try:
+        whole.cast(pa.large_string())
+    except pa.ArrowInvalid:
+        return False
+    return True
 
 
 def _read_jsonl(path: str, data: bytes) -> RawFile:
+    if not _is_utf8(data):
+        return _read_jsonl_by_line(path, data)
     try:
-        data.decode("utf-8")
         table = pajson.read_json(
             io.BytesIO(data),
             read_options=pajson.ReadOptions(block_size=min(max(len(data), 1 << 20), _JSON_BLOCK)),
@@ -118,7 +133,7 @@ def _read_jsonl(path: str, data: bytes) -> RawFile:
                 explicit_schema=RAW_SCHEMA, unexpected_field_behavior="ignore"
             ),
         )
-    except (UnicodeDecodeError, pa.ArrowInvalid):
+    except pa.ArrowInvalid:
         return _read_jsonl_by_line(path, data)
     lines = _nonblank_lines(data)
     if len(lines) != table.num_rows:
@@ -195,10 +210,8 @@ def _rows_to_file(path: str, objs: Iterable[object]) -> RawFile:
 
 def _read_csv(path: str, data: bytes) -> RawFile:
     rejects: list[dict] = []
-    try:
-        data.decode("utf-8")
-        kept_lines = None
-    except UnicodeDecodeError:
+    kept_lines = None
+    if not _is_utf8(data):
         data, kept_lines, rejects = _drop_non_utf8_lines(path, data)
     bad_rows: list[int] = []
 
