@@ -76,7 +76,10 @@ def contract_frame(records: pa.Table) -> pd.DataFrame:
     first_bad = np.full(n, -1)
     bad_idx = np.flatnonzero(bad_role)[::-1]  # reversed so the first bad turn wins
     first_bad[parent[bad_idx]] = bad_idx
-    roles = role.to_numpy(zero_copy_only=False)
+    has_bad = first_bad >= 0
+    first_bad_role = np.full(n, None, dtype=object)
+    first_bad_role[has_bad] = pc.fill_null(role, "<missing>").to_numpy(
+        zero_copy_only=False)[first_bad[has_bad]]
     is_assistant = pc.fill_null(pc.equal(role, "assistant"), False).to_numpy(zero_copy_only=False)
     return pd.DataFrame(
         {
@@ -84,9 +87,7 @@ def contract_frame(records: pa.Table) -> pd.DataFrame:
             "source": records.column("source").to_pandas(),
             "n_turns": pc.list_value_length(messages).to_numpy(zero_copy_only=False),
             "n_empty_turns": np.bincount(parent[empty], minlength=n),
-            "first_bad_role": pd.Series(
-                np.where(first_bad >= 0, roles[np.maximum(first_bad, 0)], None), dtype=object
-            ).where(first_bad >= 0, None),
+            "first_bad_role": first_bad_role,
             "has_assistant": np.bincount(parent[is_assistant], minlength=n) > 0,
             "label": records.column("label").to_pandas(),
             "rating": records.column("rating").to_pandas(),

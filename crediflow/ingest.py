@@ -70,6 +70,7 @@ def ingest(
     """
     fs, paths = list_source_files(source)
     files = [read_source_file(fs, path) for path in paths]
+    paths = [f.path for f in files]  # URLs for remote files
     rejects = [r for f in files for r in f.rejects]
     raw = pa.concat_tables([f.table for f in files])
     origin = _Origin(

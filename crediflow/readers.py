@@ -75,14 +75,16 @@ def list_source_files(source: str) -> tuple[fsspec.AbstractFileSystem, list[str]
 
 
 def read_source_file(fs: fsspec.AbstractFileSystem, path: str) -> RawFile:
-    """Read one file by its extension into a `RawFile`."""
+    """Read one file by its extension into a `RawFile` (named by URL unless it is local)."""
     ext = posixpath.splitext(path)[1].lower()
     kind = FORMATS.get(ext)
+    with fs.open(path, "rb") as fh:
+        data = fh.read() if kind else b""
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    path = path if local else fs.unstrip_protocol(path)
     if kind is None:
         supported = ", ".join(sorted(FORMATS))
         return _empty(path, f"unsupported file type {ext or '(none)'}; supported: {supported}")
-    with fs.open(path, "rb") as fh:
-        data = fh.read()
     if not data.strip():
         return _empty(path, "the file is empty")
     if kind == "parquet":

@@ -5,6 +5,7 @@ Cheap to import: the DAG files read their schedules and stage lists through it a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,25 @@ def stage_params(stage: str, root: Path | None = None) -> dict[str, Any]:
 def dvc_stages(root: Path | None = None) -> dict[str, dict]:
     """The stages declared in dvc.yaml, unresolved."""
     return _read_yaml((root or project_root()) / "dvc.yaml").get("stages", {})
+
+
+def _interpolate(text: str, params: dict[str, Any]) -> str:
+    """Resolve `${section.key}` references the way dvc.yaml does."""
+
+    def lookup(match: re.Match) -> str:
+        value: Any = params
+        for part in match.group(1).split("."):
+            value = value[part]
+        return str(value)
+
+    return re.sub(r"\$\{([\w.]+)\}", lookup, text)
+
+
+def stage_metrics(stage: str, root: Path | None = None) -> list[str]:
+    """The metrics files a dvc.yaml stage declares, as project-relative paths."""
+    params = load_params(root)
+    items = dvc_stages(root)[stage].get("metrics", [])
+    return [_interpolate(next(iter(i)) if isinstance(i, dict) else i, params) for i in items]
 
 
 @dataclass(frozen=True)

@@ -151,9 +151,10 @@ def log_stage(
                 mlflow.log_input(dataset, context=context)
                 if context == "output":
                     client.set_tag(parent_id, f"dvc.{entry['path']}", entry["md5"])
-                path = root / entry["path"]
-                if path.is_file() and path.stat().st_size <= _ARTIFACT_MAX_BYTES:
-                    mlflow.log_artifact(str(path), artifact_path=str(Path(entry["path"]).parent))
+                    path = root / entry["path"]
+                    if path.is_file() and path.stat().st_size <= _ARTIFACT_MAX_BYTES:
+                        mlflow.log_artifact(str(path),
+                                            artifact_path=str(Path(entry["path"]).parent))
         numbers = {}
         for name in metrics_files:
             path = root / name

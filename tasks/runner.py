@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from tasks import lineage
-from tasks.config import dvc_stages, pipeline
+from tasks.config import pipeline, stage_metrics
 from tasks.settings import apply, project_root
 from tasks.stage import EXIT_BAD_INPUT
 
@@ -74,20 +74,6 @@ def lock_entry(stage: str, root: Path | None = None) -> dict | None:
     return (yaml.safe_load(path.read_text()) or {}).get("stages", {}).get(stage)
 
 
-def _metrics_files(stage: str) -> list[str]:
-    """The stage's metrics files, resolved like dvc.yaml resolves them."""
-    from tasks.config import load_params
-
-    params = lineage.flatten(load_params())
-    names = []
-    for item in dvc_stages()[stage].get("metrics", []):
-        name = next(iter(item)) if isinstance(item, dict) else item
-        for key, value in params.items():
-            name = name.replace("${" + key + "}", str(value))
-        names.append(name)
-    return names
-
-
 def run_stage(stage: str, *, pipeline_name: str, dag_id: str, run_id: str) -> dict:
     """Run one stage and log it under the pipeline run; raise StageFailed on failure."""
     parent = lineage.pipeline_run(pipeline_name, dag_id, run_id)
@@ -97,7 +83,7 @@ def run_stage(stage: str, *, pipeline_name: str, dag_id: str, run_id: str) -> di
         lineage.log_stage(stage, parent, lock_entry(stage), skipped=False, error=str(exc))
         raise
     child = lineage.log_stage(stage, parent, lock_entry(stage), skipped=skipped,
-                              metrics_files=_metrics_files(stage))
+                              metrics_files=stage_metrics(stage))
     return {"stage": stage, "skipped": skipped, "mlflow_run_id": child, "mlflow_parent_id": parent}
 
 

@@ -87,6 +87,11 @@ def test_unknown_role(write_jsonl, chat, tmp_path):
     assert reject["field"] == "messages.role" and "'robot'" in reject["reason"]
 
 
+def test_no_turns(write_jsonl, chat, tmp_path):
+    write_jsonl([*good_rows(chat), {"messages": [], "label": "harmless"}])
+    assert only_reject(run(tmp_path / "src"))["reason"] == "the conversation has no turns"
+
+
 def test_no_assistant_turn(write_jsonl, chat, tmp_path):
     write_jsonl([*good_rows(chat), {"messages": [{"role": "user", "content": "q"}],
                                     "label": "harmless"}])
@@ -146,3 +151,16 @@ def test_too_many_rejects_fails_with_the_first_reasons(write_jsonl, chat, tmp_pa
     assert "2 row(s)" in message and "33.3%" in message
     assert "line 5, field 'label': unknown label 'spicy'" in message
     assert "line 6" in message and "nothing was written" in message
+
+
+def test_reads_an_fsspec_url(chat):
+    import json
+
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    with fs.open("/bucket/feed/part-0.jsonl", "w") as fh:
+        fh.write(json.dumps(chat("q", "a", label="harmless")) + "\n")
+    result = run("memory://bucket/feed")
+    (source,) = result.records.column("source").to_pylist()
+    assert source.startswith("memory://") and source.endswith("/bucket/feed/part-0.jsonl")

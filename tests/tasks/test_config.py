@@ -3,7 +3,7 @@ import re
 import pytest
 import yaml
 
-from tasks.config import dvc_stages, load_params, pipeline, stage_params
+from tasks.config import dvc_stages, load_params, pipeline, stage_metrics, stage_params
 from tasks.settings import PROJECT_ROOT
 
 
@@ -35,3 +35,8 @@ def test_unknown_pipeline_stage_is_reported(tmp_path):
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"ingest": {"cmd": "true"}}}))
     with pytest.raises(KeyError, match="nope"):
         pipeline("p", tmp_path)
+
+
+def test_stage_metrics_resolve_params_references():
+    assert stage_metrics("ingest", PROJECT_ROOT) == [
+        f"{stage_params('ingest', PROJECT_ROOT)['reports']}/metrics.json"]
