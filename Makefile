@@ -27,7 +27,7 @@ data/raw/demo.jsonl: crediflow/demo.py | $(STAMP)
 
 # Build the demo data, initialise Airflow's SQLite DB, run DAG `curate`, say where to look.
 demo: data/raw/demo.jsonl | $(STAMP)
-	$(ENV) && airflow db migrate > $$AIRFLOW_HOME/migrate.log 2>&1 && python -m tasks.demo curate
+	$(ENV) && mkdir -p $$AIRFLOW_HOME && airflow db migrate > $$AIRFLOW_HOME/migrate.log 2>&1 && python -m tasks.demo curate
 
 lint: | $(STAMP)
 	$(ENV) && ruff check . && lint-imports
@@ -37,7 +37,7 @@ test: lint
 
 # Airflow UI + scheduler at http://localhost:8080 (password: .airflow/simple_auth_manager_passwords.json.generated)
 airflow: | $(STAMP)
-	$(ENV) && airflow db migrate > $$AIRFLOW_HOME/migrate.log 2>&1 && exec airflow standalone
+	$(ENV) && mkdir -p $$AIRFLOW_HOME && airflow db migrate > $$AIRFLOW_HOME/migrate.log 2>&1 && exec airflow standalone
 
 # MLflow UI at http://localhost:5000 over the project's local store
 mlflow: | $(STAMP)
