@@ -44,7 +44,8 @@ mlflow: | $(STAMP)
 	$(ENV) && exec mlflow ui --backend-store-uri "$$MLFLOW_TRACKING_URI" --port 5000
 
 benchmark: | $(STAMP)
-	$(ENV) && python benchmarks/ingest.py
+	$(VENV)/bin/pip install -q -c requirements/constraints.txt -e '.[pipeline,dev,bench]' $(QUIET_PIP)
+	$(ENV) && for b in benchmarks/*.py; do python $$b; done
 
 clean:
 	rm -rf .airflow mlflow.db mlartifacts data reports dvc.lock
