@@ -34,7 +34,7 @@ def project() -> Path:
     for name in ("crediflow", "tasks"):
         shutil.copytree(PROJECT_ROOT / name, root / name,
                         ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml"):
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(PROJECT_ROOT / name, root / name)
     write_demo(root / "data/raw/demo.jsonl", root / "data/truth/labels.csv", n=200, seed=1)
     _run("git", "init", "-q", cwd=root)
