@@ -36,7 +36,7 @@ def project() -> Path:
                         ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(PROJECT_ROOT / name, root / name)
-    write_demo(root / "data/raw/demo.jsonl", root / "data/truth/labels.csv", n=200, seed=1)
+    write_demo(root / "data/raw/demo.jsonl", root / "data/truth/demo_labels.csv", n=300, seed=1)
     _run("git", "init", "-q", cwd=root)
     _run("dvc", "init", "-q", cwd=root)
     _run("git", "add", ".", cwd=root)
@@ -91,11 +91,23 @@ def test_curate_end_to_end(project):
     run = dag.test()
     assert str(run.state) == "success"
     records = pq.read_table(project / "data/ingested/records.parquet")
-    assert records.num_rows == 200
+    assert records.num_rows == 300
     assert set(records.column("label").to_pylist()) == {"harmless", "harmful"}
     assert pq.read_table(project / "data/ingested/rejected.parquet").num_rows == 0
     metrics = json.loads((project / "reports/ingest/metrics.json").read_text())
-    assert metrics["rows_out"] == 200
+    assert metrics["rows_out"] == 300
+    vectors = pq.read_table(project / "data/embeddings/embeddings.parquet")
+    assert vectors.column("id").equals(records.column("id"))
+    audited = pq.read_table(project / "data/audited/records.parquet")
+    assert {"label_issue", "label_score", "suggested_label",
+            "suggestion_confidence"} <= set(audited.column_names)
+    audit = json.loads((project / "reports/audit/metrics.json").read_text())
+    assert 0 <= audit["credibility"] <= 1 and len(audit["T"]) == 2
+    assert (project / "reports/audit/transition_matrix.png").stat().st_size > 1000
+    fixed = json.loads((project / "reports/fix/metrics.json").read_text())
+    assert fixed["rows_out"] == 300 and fixed["against_truth"]["wrong_labels"] == 24
+    changelog = pq.read_table(project / "data/fixed/changelog.parquet")
+    assert changelog.num_rows == fixed["flagged"]
 
     lock = _lock(project)
     outs = {o["path"]: o["md5"] for o in lock["outs"]}
@@ -109,10 +121,12 @@ def test_curate_end_to_end(project):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True,
                           text=True).stdout.strip()
     assert parent.data.tags["git.commit"] == head
+    assert set(children) == {"ingest", "embed", "audit", "fix"}
+    assert all(c.info.status == "FINISHED" for c in children.values())
+    assert children["audit"].data.metrics["credibility"] == audit["credibility"]
     child = children["ingest"]
-    assert child.info.status == "FINISHED"
     assert child.data.tags["dvc.skipped"] == "false"
-    assert child.data.metrics["rows_out"] == 200
+    assert child.data.metrics["rows_out"] == 300
     assert child.data.params["ingest.max_reject_fraction"] == "0.05"
     logged = {(d.dataset.name, [t.value for t in d.tags if t.key == "mlflow.data.context"][0]):
               d.dataset.digest for d in child.inputs.dataset_inputs}
@@ -123,7 +137,7 @@ def test_curate_end_to_end(project):
     again = dag.test()
     assert str(again.state) == "success"
     _, children = _runs(again.run_id)
-    assert children["ingest"].data.tags["dvc.skipped"] == "true"
+    assert all(c.data.tags["dvc.skipped"] == "true" for c in children.values())
     assert _lock(project) == lock
 
 
