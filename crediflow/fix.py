@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 POLICIES = ("relabel", "drop", "flag")
 
@@ -62,7 +63,7 @@ def score_fixes(noisy: np.ndarray, plan: FixPlan, true: np.ndarray) -> dict[str,
     right when it gives the true label; for `drop`, when the dropped label was wrong.
     """
     noisy, true = np.asarray(noisy, dtype=object), np.asarray(true, dtype=object)
-    wrong = noisy != true
+    wrong = pd.notna(noisy) & (noisy != true)  # an unlabelled row is not a wrong label
     flagged = plan.action.astype(bool)  # None -> False
     dropped = ~plan.keep
     right = np.where(dropped, wrong, plan.labels == true) & plan.changed
@@ -76,7 +77,7 @@ def score_fixes(noisy: np.ndarray, plan: FixPlan, true: np.ndarray) -> dict[str,
         "detection_recall": ratio(int((flagged & wrong).sum()), int(wrong.sum())),
         "fix_precision": ratio(int(right.sum()), int(plan.changed.sum())),
         "fix_recall": ratio(int(right.sum()), int(wrong.sum())),
-        "label_accuracy_before": ratio(int((~wrong).sum()), len(noisy)),
+        "label_accuracy_before": ratio(int((noisy == true).sum()), len(noisy)),
         "label_accuracy_after": ratio(int(((plan.labels == true) & plan.keep).sum()),
                                       int(plan.keep.sum())),
     }

@@ -1,0 +1,92 @@
+"""`crediflow` on the command line: audit a label column of a file, without the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from crediflow.errors import CrediflowError
+
+
+def _audit(args: argparse.Namespace) -> None:
+    from crediflow.audit_table import audit_label_column
+    from crediflow.embed import conversation_texts, embed_texts, load_encoder
+    from crediflow.tables import column_values, read_table, table_messages, write_table
+
+    table = read_table(args.file)
+    labels = column_values(args.file, table, args.label_column)
+    messages = table_messages(args.file, table)
+    if messages is not None:
+        texts = conversation_texts(messages)
+    else:
+        texts = column_values(args.file, table, args.text_column)
+        missing = np.flatnonzero([t is None or not str(t).strip() for t in texts])
+        if len(missing):
+            raise CrediflowError(f"{args.file}: row {int(missing[0]) + 1}, field "
+                                 f"{args.text_column!r}: empty text ({len(missing)} rows)")
+        texts = [str(t) for t in texts]
+    vectors, _ = embed_texts(texts, load_encoder(args.model))
+    audit = audit_label_column(labels, vectors, k=args.k, detector=args.detector, seed=args.seed)
+    _print_audit(audit, texts, labels, args.top)
+    if args.out:
+        out = table.drop_columns([c for c in audit.columns if c in table.column_names])
+        for name, values in audit.columns.items():
+            out = out.append_column(name, values)
+        write_table(out, args.out)
+        print(f"\nwrote {out.num_rows} rows to {args.out}")
+
+
+def _print_audit(audit, texts, labels, top: int) -> None:
+    result = audit.result
+    classes = list(result.classes)
+    width = max(len(c) for c in classes)
+    print(f"classes: {', '.join(classes)}")
+    print("noise transition matrix T[true, observed]:")
+    print(" " * (width + 2) + "  ".join(f"{c:>{max(width, 6)}}" for c in classes))
+    for c, row in zip(classes, result.T, strict=True):
+        print(f"  {c:>{width}}" + "".join(f"  {v:>{max(width, 6)}.3f}" for v in row))
+    print("p (true class prior): " + ", ".join(f"{c}={v:.3f}"
+                                               for c, v in zip(classes, result.p, strict=True)))
+    print(f"credibility: {result.credibility:.3f}")
+    flagged = np.flatnonzero(audit.columns["label_issue"].fill_null(False).to_numpy(
+        zero_copy_only=False))
+    score = audit.columns["label_score"].to_numpy(zero_copy_only=False)
+    order = flagged[np.argsort(score[flagged].astype(float), kind="stable")][:top]
+    suggested = audit.columns["suggested_label"].to_pylist()
+    confidence = audit.columns["suggestion_confidence"].to_pylist()
+    print(f"suspected label errors: {len(flagged)} of {int(audit.labelled.sum())} labelled rows"
+          + (f"; the {len(order)} most suspect:" if len(order) else ""))
+    for i in order:
+        text = " ".join(str(texts[i]).split())
+        print(f"  row {i + 1}: {labels[i]} -> {suggested[i]} (confidence {confidence[i]:.2f}, "
+              f"score {score[i]:.3f}): {text[:80]}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="crediflow", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    audit = commands.add_parser(
+        "audit", help="estimate the label noise of a file and list suspected label errors",
+        description="FILE is CSV, JSONL, JSON or Parquet: records in any ingest format, or a "
+                    "table whose text is in --text-column.")
+    audit.add_argument("file")
+    audit.add_argument("--label-column", required=True)
+    audit.add_argument("--text-column", default="text")
+    audit.add_argument("--out", help="write the table plus the audit columns (format by extension)")
+    audit.add_argument("--seed", type=int, default=0)
+    audit.add_argument("--k", type=int, default=10, help="neighbours per sample (default 10)")
+    audit.add_argument("--detector", choices=("knn", "probe", "both"), default="knn")
+    audit.add_argument("--model", default=None, help="encoder name or folder (default MiniLM)")
+    audit.add_argument("--top", type=int, default=10, help="suspected rows to print")
+    audit.set_defaults(run=_audit)
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except CrediflowError as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Stage `audit`: data credibility of the label column (HOC transition matrix, credibility
+score, k-NN/probe label-error detection).
+
+Run as `python -m tasks.audit` (the cmd of its DVC stage).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from crediflow.audit_table import audit_label_column
+from crediflow.errors import InputError
+from tasks.config import stage_params
+from tasks.embed import read_vectors
+from tasks.io import atomic_dir, write_json, write_parquet
+from tasks.plots import transition_heatmap
+from tasks.stage import project_path, stage_main
+
+log = logging.getLogger("crediflow.audit")
+
+
+def aligned_vectors(records: pa.Table, embeddings_path) -> np.ndarray:
+    """The embedding of each record, in record order; an error when the two stages disagree."""
+    ids, vectors = read_vectors(embeddings_path)
+    record_ids = records.column("id").combine_chunks()
+    if len(ids) == len(record_ids) and ids.equals(record_ids):
+        return vectors
+    position = pc.index_in(record_ids, value_set=ids)
+    missing = pc.is_null(position).to_numpy(zero_copy_only=False)
+    if missing.any():
+        examples = record_ids.filter(pa.array(missing)).slice(0, 3).to_pylist()
+        raise InputError(
+            f"{int(missing.sum())} ingested record(s) have no embedding (e.g. {examples}); "
+            "the embeddings are stale: rerun the embed stage",
+            file=str(embeddings_path), field="id",
+        )
+    return vectors[position.to_numpy()]
+
+
+def run() -> dict:
+    """Audit the ingested labels and publish the audited records and reports."""
+    params = stage_params("audit")
+    records = pq.read_table(project_path(stage_params("ingest")["out"]) / "records.parquet")
+    vectors = aligned_vectors(
+        records, project_path(stage_params("embed")["out"]) / "embeddings.parquet")
+    audit = audit_label_column(
+        records.column("label").to_numpy(zero_copy_only=False), vectors,
+        k=int(params["k"]), rounds=int(params["rounds"]), epochs=int(params["epochs"]),
+        detector=params["detector"], seed=int(params["seed"]),
+    )
+    result, det = audit.result, audit.result.detection
+    audited = records
+    for name, values in audit.columns.items():
+        audited = audited.append_column(name, values)
+    n, n_labelled = records.num_rows, int(audit.labelled.sum())
+    metrics = {
+        "rows": n,
+        "audited": n_labelled,
+        "unlabelled": n - n_labelled,
+        "classes": list(result.classes),
+        "credibility": round(float(result.credibility), 6),
+        "T": np.round(result.T, 6).tolist(),
+        "p": np.round(result.p, 6).tolist(),
+        "flagged": int(det.is_issue.sum()),
+        "flagged_fraction": round(float(det.is_issue.mean()), 6),
+        "per_class": result.counts,
+        "detector": params["detector"],
+        "knn_method": result.knn_method,
+        "knn_recall": result.knn_recall,
+    }
+    reports = project_path(params["reports"])
+    with atomic_dir(project_path(params["out"])) as out:
+        write_parquet(out / "records.parquet", audited)
+        transition_heatmap(result.T, result.classes, reports / "transition_matrix.png")
+        write_json(reports / "metrics.json", metrics)
+    log.info("audit: credibility %.3f, %d of %d labelled rows flagged (%d unlabelled passed "
+             "through)", result.credibility, metrics["flagged"], n_labelled, n - n_labelled)
+    return metrics
+
+
+if __name__ == "__main__":
+    stage_main(run)
