@@ -256,14 +256,16 @@ def main() -> None:
         }
 
     parsed = generated[8] >= 0
+    both = reference.argmax[parsed], generated[8][parsed]
     result["agreement"] = {
-        "argmax_equals_generated_digit": round(float(np.mean(
-            reference.argmax[parsed] == generated[8][parsed])), 3),
+        "argmax_equals_generated_digit": round(float(np.mean(both[0] == both[1])), 3)
+        if parsed.any() else None,
         "pearson_expected_vs_generated": round(float(np.corrcoef(
-            reference.expected[parsed], generated[8][parsed])[0, 1]), 3)
-        if parsed.sum() > 2 and np.std(generated[8][parsed]) > 0 else None,
+            reference.expected[parsed], both[1])[0, 1]), 3)
+        if parsed.sum() > 2 and np.std(both[1]) > 0 else None,
         "generate_unparseable": int((~parsed).sum()),
         "generate_batch_1_vs_8_equal": round(float(np.mean(generated[1] == generated[8])), 3),
+        "rater_argmax_counts": {str(k): int((reference.argmax == k).sum()) for k in scores},
         "mean_expected_matched_answers": round(float(reference.expected[matched].mean()), 3),
         "mean_expected_mismatched_answers": round(float(reference.expected[~matched].mean()), 3),
     }
@@ -274,7 +276,7 @@ def main() -> None:
     demo_tokens = token_counts(tokenizer, demo)
     overhead = len(probe.prefix_ids) + len(probe.suffix_ids)
     projection = []
-    for budget, batch in [(32, 16), (48, 16), (64, 16), (48, 8), (64, 8), (96, 16)]:
+    for budget, batch in [(32, 16), (40, 16), (48, 16), (64, 16), (32, 8), (96, 16)]:
         rater = HFRater(model, tokenizer, max_prompt_tokens=overhead + budget, batch_size=batch)
         rater.rate(demo[:2])
         _, seconds, cpu = timed(lambda r=rater: r.rate(demo))

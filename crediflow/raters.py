@@ -59,6 +59,8 @@ DEFAULT_JSON_TEMPLATE = (
     'Reply only with JSON like {{"score": 3}}.\n\n{text}'
 )
 
+DEFAULT_ANSWER_PREFIX = "Score: "
+
 _PLACEHOLDER = "CREDIFLOWTEXTPLACEHOLDER7F3A"
 _FLUSH_EVERY = 256  # answers between cache writes in OpenAIRater, so a crash loses little
 _MAX_RETRY_AFTER = 60.0  # seconds: cap on a server's Retry-After
@@ -321,6 +323,11 @@ class HFRater:
     keep the whole prompt within `max_prompt_tokens`. The text is tokenized on its own (special
     tokens in it are treated as plain text), so put `{text}` after a newline rather than after
     a space.
+
+    `answer_prefix` starts the assistant's answer (default "Score: "): small instruct models
+    put far more of their next-token mass on the score digits after it (SmolLM2-135M: about
+    55% instead of 6%). When it ends with a space and the tokenizer has single tokens for
+    " 1", " 2", ..., the space moves into the score tokens, as the tokenizer would split it.
     """
 
     def __init__(
@@ -335,6 +342,7 @@ class HFRater:
         cache: RatingCache | None = None,
         model_id: str | None = None,
         reuse_prefix: bool = True,
+        answer_prefix: str = DEFAULT_ANSWER_PREFIX,
     ) -> None:
         _check_template(template)
         self.scores = _check_scores(scores)
@@ -343,7 +351,7 @@ class HFRater:
         self.model, self.tokenizer = model, tokenizer
         self.template, self.batch_size = template, batch_size
         self.max_prompt_tokens, self.cache = max_prompt_tokens, cache
-        self.reuse_prefix = reuse_prefix
+        self.reuse_prefix, self.answer_prefix = reuse_prefix, answer_prefix
         self.score_ids = self._score_token_ids()
         self.prefix_ids, self.suffix_ids = self._frame()
         self.text_budget = max_prompt_tokens - len(self.prefix_ids) - len(self.suffix_ids)
@@ -368,10 +376,19 @@ class HFRater:
             "rater": "hf", "model": self.model_id, "template": self.template,
             "chat_template": getattr(self.tokenizer, "chat_template", None),
             "scores": self.scores, "max_prompt_tokens": self.max_prompt_tokens,
+            "answer_prefix": self.answer_prefix,
         }, sort_keys=True)
 
     def _score_token_ids(self) -> list[int]:
-        """The token id of each score string; each must be one distinct token."""
+        """The token id of each score string; each must be one distinct token. Where the answer
+        prefix ends with a space and " 1".." 5" are single tokens, those are used and the space
+        leaves the prefix."""
+        if self.answer_prefix.endswith(" ") and self.answer_prefix.strip():
+            spaced = [self.tokenizer.encode(f" {s}", add_special_tokens=False)
+                      for s in self.scores]
+            if all(len(ids) == 1 for ids in spaced) and len({i[0] for i in spaced}) == len(spaced):
+                self.answer_prefix = self.answer_prefix.rstrip(" ")
+                return [ids[0] for ids in spaced]
         ids = []
         for score in self.scores:
             tokens = self.tokenizer.encode(str(score), add_special_tokens=False)
@@ -394,6 +411,7 @@ class HFRater:
                 add_generation_prompt=True)
         else:
             prompt = content
+        prompt += self.answer_prefix
         if prompt.count(_PLACEHOLDER) != 1:
             raise InputError("the chat template altered the rating prompt's text slot",
                              field="template")

@@ -113,7 +113,12 @@ def test_truncation_keeps_the_instructions(tiny_lm) -> None:
     assert len(ids) == 90
     prompt = tokenizer.decode(ids)
     assert prompt.startswith("<|im_start|>user\nRate it 1 to 5.\nQ: tell me everything.")
-    assert prompt.endswith("\nOne digit.<|im_end|>\n<|im_start|>assistant\n")
+    # this tokenizer has single tokens " 1".." 5": the answer prefix's space moves into them
+    assert prompt.endswith("\nOne digit.<|im_end|>\n<|im_start|>assistant\nScore:")
+    assert [tokenizer.decode([i]) for i in rater.score_ids] == [" 1", " 2", " 3", " 4", " 5"]
+    bare = HFRater(model, tokenizer, template=TEMPLATE, answer_prefix="")
+    assert tokenizer.decode(bare.encode(["x"])[0]).endswith("<|im_start|>assistant\n")
+    assert [tokenizer.decode([i]) for i in bare.score_ids] == ["1", "2", "3", "4", "5"]
     ratings = rater.rate([long_text, "short"])
     assert np.isfinite(ratings.expected).all()
 
