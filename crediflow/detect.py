@@ -66,8 +66,9 @@ def knn_detect(
     drawn rows labelled j, the r_j with the highest scores are flagged (`flag_rates`). A row
     is an issue when flagged in more than half of the epochs it was drawn in. Suggested label:
     the most frequent vote winner over the epochs that flagged it; confidence: that label's
-    mean vote share there times the flag frequency. `label_score` is the mean vote share of
-    the own label.
+    mean vote share there times the flag frequency (unflagged rows: the own label's mean
+    share times the share of epochs that did not flag it). `label_score` is the mean vote
+    share of the own label.
 
     Deviation from SimiFeat: an epoch flags a row only if its own label is not the vote
     winner. Without it the floor r_j >= 0.05 would flag 5% of every clean class.
