@@ -14,7 +14,6 @@ import importlib.util
 import itertools
 import json
 import os
-import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import pyarrow.parquet as pq
 
 from crediflow.errors import CrediflowError, InputError
 from crediflow.formats import hash_strings
+from crediflow.shards import write_shard
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 DEFAULT_MAX_LENGTH = 256
@@ -504,15 +504,7 @@ class EmbeddingCache:
                 "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
             }
         ).replace_schema_metadata({"model_id": self.model_id, "dim": str(dim)})
-        self.folder.mkdir(parents=True, exist_ok=True)
-        name = f"{uuid.uuid4().hex}.parquet"
-        tmp = self.folder / f".{name}.tmp"
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, self.folder / name)
-        finally:
-            tmp.unlink(missing_ok=True)
-        self._seen.add(name)
+        self._seen.add(write_shard(self.folder, table))
         self._extend(keys, vectors)
 
     def _refresh(self) -> None:

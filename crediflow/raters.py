@@ -30,7 +30,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ import pyarrow.parquet as pq
 
 from crediflow.errors import CrediflowError, InputError
 from crediflow.formats import hash_strings
+from crediflow.shards import write_shard
 
 log = logging.getLogger(__name__)
 
@@ -247,16 +247,10 @@ class RatingCache:
             columns["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel()),
                                                                  rows.shape[1])
         table = pa.table(columns).replace_schema_metadata({"rater_id": self.rater_id})
-        self.folder.mkdir(parents=True, exist_ok=True)
-        name = f"{uuid.uuid4().hex}.parquet"
-        tmp = self.folder / f".{name}.tmp"
         try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, self.folder / name)
+            name = write_shard(self.folder, table)
         except OSError as exc:
             raise CrediflowError(f"cannot write the rating cache in {self.folder}: {exc}") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
         self._seen.add(name)
         self._extend(table)
 
