@@ -301,7 +301,7 @@ def _softmax_rows(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-_PROBE_L2 = 1e-2  # L2 strength on standardised features; see the benchmark notes
+_PROBE_L2 = 0.3  # L2 strength on standardised features (chosen on noisy Rotten Tomatoes)
 
 
 def _check_tp(t: np.ndarray, p: np.ndarray) -> int:
