@@ -21,6 +21,18 @@ class AuditedColumns:
     result: AuditResult
     columns: dict[str, pa.Array]
     labelled: np.ndarray  # (N,) bool
+    warnings: list[str]
+
+
+def audit_warnings(result: AuditResult) -> list[str]:
+    """Signs that the audit's assumptions do not hold for this data."""
+    weak = [c for c, t in zip(result.classes, np.diag(result.T), strict=True) if t < 0.5]
+    if not weak:
+        return []
+    return [f"T is not diagonally dominant for {', '.join(map(str, weak))}: the embeddings "
+            "probably do not cluster by this label (a row's nearest neighbours often carry "
+            "another true label), so HOC reads that as noise; treat T and the flags with "
+            "caution, or use the probe detector"]
 
 
 def audit_label_column(labels: np.ndarray, embeddings: np.ndarray,
@@ -41,4 +53,4 @@ def audit_label_column(labels: np.ndarray, embeddings: np.ndarray,
         full = np.full(len(labels), None, dtype=object)
         full[labelled] = values
         columns[name] = pa.array(full, type=type_)
-    return AuditedColumns(result, columns, labelled)
+    return AuditedColumns(result, columns, labelled, audit_warnings(result))

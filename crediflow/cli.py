@@ -50,6 +50,8 @@ def _print_audit(audit, texts, labels, top: int) -> None:
     print("p (true class prior): " + ", ".join(f"{c}={v:.3f}"
                                                for c, v in zip(classes, result.p, strict=True)))
     print(f"credibility: {result.credibility:.3f}")
+    for warning in audit.warnings:
+        print(f"warning: {warning}")
     flagged = np.flatnonzero(audit.columns["label_issue"].fill_null(False).to_numpy(
         zero_copy_only=False))
     score = audit.columns["label_score"].to_numpy(zero_copy_only=False)

@@ -178,6 +178,11 @@ def combine_detections(knn: Detection, probe: Detection, labels: np.ndarray, *,
     their label among those whose best averaged class is another one; suggested label: that
     class, confidence: its averaged score. `agree`: rows both flag; `any`: rows either flags
     (suggestion of the more confident detector).
+
+    Why `mean`: with 20% injected noise it matched the better single detector both on
+    clusterable synthetic data (where k-NN wins) and on Rotten Tomatoes snippets embedded
+    with MiniLM (where the probe wins, F1 0.53 vs 0.41); `agree` lost a third or more of the
+    recall there, `any` a fifth of the precision.
     """
     if rule not in COMBINE_RULES:
         raise InputError(f"unknown combine rule {rule!r}; use one of {COMBINE_RULES}",
@@ -301,7 +306,7 @@ def _softmax_rows(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-_PROBE_L2 = 0.3  # L2 strength on standardised features (chosen on noisy Rotten Tomatoes)
+_PROBE_L2 = 0.1  # L2 strength on standardised features; see the report of the audit issue
 
 
 def _check_tp(t: np.ndarray, p: np.ndarray) -> int:

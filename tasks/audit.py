@@ -72,7 +72,10 @@ def run() -> dict:
         "detector": params["detector"],
         "knn_method": result.knn_method,
         "knn_recall": result.knn_recall,
+        "warnings": audit.warnings,
     }
+    for warning in audit.warnings:
+        log.warning("audit: %s", warning)
     reports = project_path(params["reports"])
     with atomic_dir(project_path(params["out"])) as out:
         write_parquet(out / "records.parquet", audited)

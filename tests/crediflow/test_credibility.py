@@ -130,3 +130,16 @@ def test_bad_input_names_the_cause(labels, embeddings, kwargs, message):
     with pytest.raises(InputError, match=message) as err:
         audit_labels(labels, embeddings, **kwargs)
     assert err.value.field in {"label", "embeddings", "detector", "classes"}
+
+
+def test_audit_warns_when_t_is_not_diagonally_dominant():
+    import dataclasses
+
+    from crediflow.audit_table import audit_label_column, audit_warnings
+
+    clustered, y = clustered_embeddings(600, 16, 2, clusters_per_class=3, latent_dim=4, seed=1)
+    audit = audit_label_column(np.array(["a", "b"], dtype=object)[y], clustered)
+    assert audit.warnings == []
+    swapped = dataclasses.replace(audit.result, T=np.array([[0.3, 0.7], [0.2, 0.8]]))
+    (warning,) = audit_warnings(swapped)
+    assert "not diagonally dominant for a:" in warning
