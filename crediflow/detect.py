@@ -144,8 +144,11 @@ def probe_detect(
     *,
     folds: int = 5,
     seed: int = 0,
+    probs: np.ndarray | None = None,
 ) -> Detection:
     """Flag rows that a linear probe, trained without them, assigns to another class.
+
+    `probs` takes out-of-fold probabilities already computed by `out_of_fold_probs`.
 
     Out-of-fold class probabilities come from an L2-regularised multinomial logistic
     regression on the standardised embeddings, cross-validated over `folds` seeded
@@ -163,10 +166,18 @@ def probe_detect(
     if folds < 2 or counts[counts > 0].min() < folds:
         raise InputError(f"folds must be >= 2 and at most the smallest class size "
                          f"({counts[counts > 0].min()}), got {folds}", field="folds")
-    probs = _out_of_fold_probs(x, y, k, folds, seed)
+    if probs is None:
+        probs = _out_of_fold_probs(x, y, k, folds, seed)
     n = y.size
     rates = flag_rates(T, p, counts / n)
     return _flag_from_scores(probs, y, rates, np.random.default_rng(seed))
+
+
+def out_of_fold_probs(labels: np.ndarray, embeddings: np.ndarray, num_classes: int, *,
+                      folds: int = 5, seed: int = 0) -> np.ndarray:
+    """(N, K) class probabilities of each row from a linear probe fitted on the other folds."""
+    y = np.asarray(labels, dtype=np.int64)
+    return _out_of_fold_probs(np.asarray(embeddings), y, num_classes, folds, seed)
 
 
 def combine_detections(knn: Detection, probe: Detection, labels: np.ndarray, *,
