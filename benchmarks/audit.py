@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from report import write_report
 
 
 def reviews(limit: int | None) -> pd.DataFrame:
@@ -110,10 +111,7 @@ def main() -> None:
         row["true_credibility"] = round(credibility_score(true_T), 3)
         report["settings"][setting] = row
         print(setting, json.dumps(row))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from report import write_report
 
 GOAL = "1M rows: audit < 300 s and peak RSS < 8192 MB on 2 CPU cores"
 
@@ -120,10 +120,7 @@ def main() -> None:
                     "python": platform.python_version(), "numpy": np.__version__},
         "runs": runs,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
+    write_report(report, args.out, echo=False)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from report import write_report
 
 SNIPPETS_PER_LONG_TEXT = 14
 
@@ -200,10 +201,7 @@ def main() -> None:
         "load_average_before_after": [round(load_before[0], 2),
                                       round(os.getloadavg()[0], 2)],
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

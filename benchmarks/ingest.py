@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from report import write_report
 
 
 def generate(path: Path, rows: int, seed: int = 0) -> None:
@@ -81,10 +82,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, "
                    f"Python {platform.python_version()}",
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

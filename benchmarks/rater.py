@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from report import write_report
 
 _MODULES = (json, os.path, re, itertools, functools, collections, math, string, textwrap,
             shutil, statistics)
@@ -297,10 +298,7 @@ def main() -> None:
                                    "after": round(os.getloadavg()[0], 2)}
     result["machine"] = (f"{platform.machine()}, {os.cpu_count()} cores, Python "
                          f"{platform.python_version()}, torch {torch.__version__}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(result, indent=2))
+    write_report(result, args.out)
 
 
 if __name__ == "__main__":
