@@ -12,11 +12,26 @@ from crediflow.errors import CrediflowError
 
 def _audit(args: argparse.Namespace) -> None:
     from crediflow.audit_table import audit_label_column
-    from crediflow.embed import conversation_texts, embed_texts, load_encoder
-    from crediflow.tables import column_values, read_table, table_messages, write_table
+    from crediflow.tables import column_values, read_table, write_table
 
     table = read_table(args.file)
     labels = column_values(args.file, table, args.label_column)
+    texts, vectors = _embed_file(args, table)
+    audit = audit_label_column(labels, vectors, k=args.k, detector=args.detector, seed=args.seed)
+    _print_audit(audit, texts, labels, args.top)
+    if args.out:
+        out = table.drop_columns([c for c in audit.columns if c in table.column_names])
+        for name, values in audit.columns.items():
+            out = out.append_column(name, values)
+        write_table(out, args.out)
+        print(f"\nwrote {out.num_rows} rows to {args.out}")
+
+
+def _embed_file(args: argparse.Namespace, table) -> tuple[list[str], np.ndarray]:
+    """Each row's text (its conversation, or --text-column) and its embedding."""
+    from crediflow.embed import conversation_texts, embed_texts, load_encoder
+    from crediflow.tables import column_values, table_messages
+
     messages = table_messages(args.file, table)
     if messages is not None:
         texts = conversation_texts(messages)
@@ -28,14 +43,52 @@ def _audit(args: argparse.Namespace) -> None:
                                  f"{args.text_column!r}: empty text ({len(missing)} rows)")
         texts = [str(t) for t in texts]
     vectors, _ = embed_texts(texts, load_encoder(args.model))
-    audit = audit_label_column(labels, vectors, k=args.k, detector=args.detector, seed=args.seed)
-    _print_audit(audit, texts, labels, args.top)
+    return texts, vectors
+
+
+def _select(args: argparse.Namespace) -> None:
+    import pyarrow as pa
+
+    from crediflow.curation import curate_and_select
+    from crediflow.errors import InputError
+    from crediflow.select import budget_count
+    from crediflow.tables import column_values, read_table, write_table
+
+    table = read_table(args.file)
+    raw = column_values(args.file, table, args.rating_column)
+    try:
+        ratings = raw.astype(float)
+    except (TypeError, ValueError):
+        raise InputError("ratings must be numbers", file=args.file,
+                         field=args.rating_column) from None
+    if np.isnan(ratings).any():
+        row = int(np.flatnonzero(np.isnan(ratings))[0]) + 1
+        raise InputError("missing rating (no rater in the CLI: fill the column first)",
+                         file=args.file, line=row, field=args.rating_column)
+    budget_count(args.budget, len(ratings))  # a bad budget fails before the embedding work
+    _, vectors = _embed_file(args, table)
+    bins = [float(b) for b in args.bins.split(",")] if args.bins else None
+    try:
+        result = curate_and_select(ratings, vectors, args.budget, bins=bins, k=args.k,
+                                   seed=args.seed)
+    except ValueError as exc:
+        raise InputError(str(exc), file=args.file, field=args.rating_column) from None
+    print("score transition matrix T[true class, observed class]:")
+    for row in result.T:
+        print("  " + "  ".join(f"{v:.3f}" for v in row))
+    print(f"credibility of the ratings: {result.credibility:.3f}")
+    moved = int((result.curated_class != result.raw_class).sum())
+    print(f"curated: {moved} of {len(ratings)} ratings moved "
+          f"({', '.join(f'{k}: {v}' for k, v in sorted(result.moves.items())) or 'none'})")
+    print(f"selected {int(result.selected.sum())} of {len(ratings)} rows")
     if args.out:
-        out = table.drop_columns([c for c in audit.columns if c in table.column_names])
-        for name, values in audit.columns.items():
-            out = out.append_column(name, values)
+        out = table.drop_columns([c for c in ("curated_rating", "long_tail_score", "selected")
+                                  if c in table.column_names])
+        out = out.append_column("curated_rating", pa.array(result.curated_rating))
+        out = out.append_column("long_tail_score", pa.array(result.long_tail))
+        out = out.append_column("selected", pa.array(result.selected))
         write_table(out, args.out)
-        print(f"\nwrote {out.num_rows} rows to {args.out}")
+        print(f"wrote {out.num_rows} rows to {args.out}")
 
 
 def _print_audit(audit, texts, labels, top: int) -> None:
@@ -83,6 +136,24 @@ def main(argv: list[str] | None = None) -> None:
     audit.add_argument("--model", default=None, help="encoder name or folder (default MiniLM)")
     audit.add_argument("--top", type=int, default=10, help="suspected rows to print")
     audit.set_defaults(run=_audit)
+    select = commands.add_parser(
+        "select", help="curate ratings (DS2) and select a budget of rows",
+        description="FILE as for audit. Ratings come from --rating-column; they are mapped "
+                    "to classes (--bins edges, default one class per integer rating), curated "
+                    "with the score transition matrix, and rows are selected from the top "
+                    "curated class down, by long-tail score.")
+    select.add_argument("file")
+    select.add_argument("--budget", type=float, required=True,
+                        help="rows to select: a count, or a fraction below 1")
+    select.add_argument("--rating-column", default="rating")
+    select.add_argument("--text-column", default="text")
+    select.add_argument("--out", help="write the table plus curated_rating, long_tail_score, "
+                                      "selected (format by extension)")
+    select.add_argument("--bins", help="comma-separated bin edges, e.g. 0.5,1.5,2.5,3.5")
+    select.add_argument("--seed", type=int, default=0)
+    select.add_argument("--k", type=int, default=10)
+    select.add_argument("--model", default=None, help="encoder name or folder (default MiniLM)")
+    select.set_defaults(run=_select)
     args = parser.parse_args(argv)
     try:
         args.run(args)

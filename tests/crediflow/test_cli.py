@@ -64,3 +64,35 @@ def test_audit_bad_columns_exit_with_a_clear_message(tmp_path, args, message):
     with pytest.raises(SystemExit) as exit_info:
         main(["audit", str(path), *args])
     assert message in str(exit_info.value)
+
+
+def test_select_curates_ratings_and_fills_the_budget(tmp_path, capsys):
+    rows = [{"text": f"A python function that returns item {i} from the list", "score": 5}
+            for i in range(30)]
+    rows += [{"text": f"The movie was a delight, scene {i} made me cry", "score": 1}
+             for i in range(30)]
+    rows[4]["score"] = 1  # a good sample with a wrong rating
+    path = tmp_path / "rated.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    main(["select", str(path), "--budget", "25", "--rating-column", "score",
+          "--bins", "0.5,2.5,5.5", "--out", str(tmp_path / "out.parquet")])
+    assert "selected 25 of 60 rows" in capsys.readouterr().out
+    out = pq.read_table(tmp_path / "out.parquet").to_pandas()
+    assert out.loc[4, "curated_rating"] == 5
+    assert out["selected"].sum() == 25 and out.loc[out["selected"], "text"].str.contains(
+        "python").all()
+    assert out["long_tail_score"].between(0, 1).all()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--budget", "0"], "budget must be positive"),
+    (["--budget", "500"], "larger than the data"),
+    (["--budget", "5", "--rating-column", "nope"], "no column 'nope'"),
+])
+def test_select_bad_budget_or_column(tmp_path, args, message):
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"text": [f"text number {i}" for i in range(30)],
+                  "rating": [1, 2, 3] * 10}).to_csv(path, index=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["select", str(path), *args])
+    assert message in str(exit_info.value)
