@@ -38,3 +38,30 @@ def transition_heatmap(T: np.ndarray, classes: Sequence[str], path: Path, *,
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     write_bytes_atomic(path, buf.getvalue())
+
+
+def rating_histograms(raw: np.ndarray, curated: np.ndarray, classes: Sequence[str],
+                      path: Path) -> None:
+    """Side-by-side bars of how many rows fall in each rating class before and after curation."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(classes)
+    positions = np.arange(k)
+    fig, ax = plt.subplots(figsize=(1.0 * k + 3, 3.5))
+    ax.bar(positions - 0.2, np.bincount(raw, minlength=k), width=0.4, label="raw")
+    ax.bar(positions + 0.2, np.bincount(curated, minlength=k), width=0.4, label="curated")
+    ax.set_xticks(positions, classes)
+    ax.set_xlabel("rating class")
+    ax.set_ylabel("rows")
+    ax.set_title("Ratings before and after curation")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())

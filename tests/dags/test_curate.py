@@ -37,6 +37,15 @@ def project() -> Path:
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(PROJECT_ROOT / name, root / name)
     write_demo(root / "data/raw/demo.jsonl", root / "data/truth/demo_labels.csv", n=300, seed=1)
+    # ratings in the data, so that select runs with the column rater (the LLM raters have
+    # their own tests)
+    raw = root / "data/raw/demo.jsonl"
+    records = [json.loads(line) for line in raw.read_text().splitlines()]
+    raw.write_text("".join(json.dumps({**r, "rating": 1 + i % 5}) + "\n"
+                           for i, r in enumerate(records)))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["select"]["rater"] = "column"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run("git", "init", "-q", cwd=root)
     _run("dvc", "init", "-q", cwd=root)
     _run("git", "add", ".", cwd=root)
@@ -121,7 +130,10 @@ def test_curate_end_to_end(project):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True,
                           text=True).stdout.strip()
     assert parent.data.tags["git.commit"] == head
-    assert set(children) == {"ingest", "embed", "audit", "fix"}
+    assert set(children) == {"ingest", "embed", "audit", "fix", "select"}
+    chosen = pq.read_table(project / "data/selected/records.parquet")
+    assert chosen.num_rows == 300 and sum(chosen.column("selected").to_pylist()) == 150
+    assert (project / "reports/select/rating_histogram.png").exists()
     assert all(c.info.status == "FINISHED" for c in children.values())
     assert children["audit"].data.metrics["credibility"] == audit["credibility"]
     child = children["ingest"]

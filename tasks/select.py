@@ -1,0 +1,104 @@
+"""Stage `select`: DS2 rating, score curation and budgeted selection of the fixed records.
+
+Run as `python -m tasks.select` (the cmd of its DVC stage).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from crediflow.curation import curate_and_select
+from crediflow.embed import conversation_texts
+from crediflow.errors import InputError
+from tasks.audit import aligned_vectors
+from tasks.config import stage_params
+from tasks.io import atomic_dir, write_json, write_parquet
+from tasks.plots import rating_histograms, transition_heatmap
+from tasks.stage import project_path, stage_main
+
+log = logging.getLogger("crediflow.select")
+
+
+def rate(records: pa.Table, params: dict) -> np.ndarray:
+    """A rating per record: from the `rating` column, or from the configured rater."""
+    kind = params["rater"]
+    if kind == "column":
+        ratings = records.column("rating")
+        if ratings.null_count:
+            raise InputError(f"{ratings.null_count} record(s) have no rating and select.rater "
+                             "is 'column'; choose the hf or openai rater", field="rating")
+        return ratings.to_numpy().astype(float)
+    from crediflow.raters import HFRater, OpenAIRater, RatingCache
+
+    texts = conversation_texts(records.column("messages"))
+    if kind == "hf":
+        from crediflow.llm import load_causal_lm
+
+        model, tokenizer = load_causal_lm(params.get("model"))
+        rater = HFRater(model, tokenizer, max_prompt_tokens=int(params["max_prompt_tokens"]),
+                        batch_size=int(params["batch_size"]),
+                        cache=RatingCache(project_path(params["cache"]), "hf"),
+                        model_id=str(params.get("model") or "SmolLM2-135M-Instruct"))
+    elif kind == "openai":
+        rater = OpenAIRater(params["base_url"], params["openai_model"],
+                            api_key_env=params["api_key_env"],
+                            cache=RatingCache(project_path(params["cache"]), "openai"))
+    else:
+        raise InputError(f"unknown rater {kind!r}; use column, hf or openai", field="rater")
+    return rater.rate(texts).expected
+
+
+def run() -> dict:
+    """Rate, curate and select the fixed records; publish them with the reports."""
+    params = stage_params("select")
+    records = pq.read_table(project_path(stage_params("fix")["out"]) / "records.parquet")
+    vectors = aligned_vectors(
+        records, project_path(stage_params("embed")["out"]) / "embeddings.parquet")
+    ratings = rate(records, params)
+    result = curate_and_select(
+        ratings, vectors, float(params["budget"]), bins=params["bins"], k=int(params["k"]),
+        rounds=int(params["rounds"]), epochs=int(params["epochs"]),
+        threshold=float(params["threshold"]), seed=int(params["seed"]),
+    )
+    edges = params["bins"]
+    classes = [f"{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    selected = records.drop_columns([c for c in ("rating",) if c in records.column_names])
+    selected = (selected.append_column("rating", pa.array(ratings))
+                .append_column("curated_rating", pa.array(result.curated_rating))
+                .append_column("long_tail_score", pa.array(result.long_tail))
+                .append_column("selected", pa.array(result.selected)))
+    moved = int((result.curated_class != result.raw_class).sum())
+    metrics = {
+        "rater": params["rater"],
+        "rows": records.num_rows,
+        "selected": int(result.selected.sum()),
+        "ratings_moved": moved,
+        "moves": result.moves,
+        "credibility": round(float(result.credibility), 6),
+        "T": np.round(result.T, 6).tolist(),
+        "mean_rating": round(float(np.mean(ratings)), 4),
+        "mean_curated_rating_selected": round(float(np.mean(
+            result.curated_rating[result.selected])), 4),
+        "classes": classes,
+    }
+    reports = project_path(params["reports"])
+    with atomic_dir(project_path(params["out"])) as out:
+        write_parquet(out / "records.parquet", selected)
+        rating_histograms(result.raw_class, result.curated_class, classes,
+                          reports / "rating_histogram.png")
+        transition_heatmap(result.T, classes, reports / "transition_matrix.png",
+                           title="Estimated rating transition matrix")
+        write_json(reports / "metrics.json", metrics)
+    kept = pc.sum(selected.column("selected")).as_py()
+    log.info("select: %d of %d rows selected, %d ratings moved by curation (credibility %.3f)",
+             kept, records.num_rows, moved, result.credibility)
+    return metrics
+
+
+if __name__ == "__main__":
+    stage_main(run)
