@@ -1,6 +1,6 @@
 """Benchmark: DS2 curation and selection of synthetic rated samples.
 
-Usage: python benchmarks/select.py [--rows 300000] [--out benchmarks/results/select.json]
+Usage: python benchmarks/selection.py [--rows 300000] [--out benchmarks/results/select.json]
 384-d clustered embeddings, 5 rating classes, 25% of the ratings moved to a neighbouring
 class; curation (k-NN graph, HOC, detection) and selection of half the rows are timed.
 """
