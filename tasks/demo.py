@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics = reports / "metrics.json"
         if metrics.exists():
             summary = {k: v for k, v in json.loads(metrics.read_text()).items()
-                       if not isinstance(v, dict)}
+                       if not isinstance(v, dict | list)}
             print(f"    {summary}")
     print("Airflow UI: `make airflow`, then http://localhost:8080")
     print("=" * 72)
