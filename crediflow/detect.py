@@ -13,7 +13,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from crediflow.errors import InputError
-from crediflow.knn import KnnGraph
+from crediflow.knn import KnnGraph, check_subsampling
 
 RATE_FLOOR, RATE_CEIL = 0.05, 0.95
 COMBINE_RULES = ("mean", "agree", "any")
@@ -77,11 +77,7 @@ def knn_detect(
     if y.size != graph.indices.shape[0]:
         raise InputError(f"{y.size} labels for a graph of {graph.indices.shape[0]} rows",
                          field="labels")
-    if epochs < 1:
-        raise InputError(f"epochs must be at least 1, got {epochs}", field="epochs")
-    if not 0.0 < sample_fraction <= 1.0:
-        raise InputError(f"sample_fraction must be in (0, 1], got {sample_fraction}",
-                         field="sample_fraction")
+    check_subsampling(epochs, "epochs", sample_fraction)
     n = y.size
     rates = flag_rates(T, p, np.bincount(y, minlength=k) / n)
     rng = np.random.default_rng(seed)

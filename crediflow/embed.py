@@ -116,8 +116,8 @@ class Encoder:
                 lens = lengths[rows]
                 width = int(lens.max())
                 mask = np.arange(width) < lens[:, None]
-                # Gather every row's tokens at once: positions past a row's end read a valid
-                # dummy index and are overwritten with the pad id.
+                # Gather every row's tokens at once: positions past a row's end are clamped to
+                # an in-range index, then replaced by the pad id.
                 pos = np.minimum(starts[rows, None] + np.arange(width), len(flat) - 1)
                 ids = np.where(mask, flat[pos], pad_id).astype(np.int64)
                 inputs = {

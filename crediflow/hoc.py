@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from crediflow.errors import InputError
-from crediflow.knn import KnnGraph
+from crediflow.knn import KnnGraph, check_subsampling
 
 Consensus = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -47,11 +47,7 @@ def consensus_from_graph(
     own neighbour. Counts are pooled over rounds, then normalised.
     """
     y = _check_graph_labels(labels, graph, num_classes)
-    if rounds < 1:
-        raise InputError(f"rounds must be at least 1, got {rounds}", field="rounds")
-    if not 0.0 < sample_fraction <= 1.0:
-        raise InputError(f"sample_fraction must be in (0, 1], got {sample_fraction}",
-                         field="sample_fraction")
+    check_subsampling(rounds, "rounds", sample_fraction)
     n = y.size
     size = max(3, min(n, round(sample_fraction * n)))
     rng = np.random.default_rng(seed)
