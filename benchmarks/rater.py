@@ -5,10 +5,12 @@ built from stdlib docstrings ("What does json.dumps do?" + the start of its docs
 a third get the answer of another function, so that quality varies). Measures:
 - the first GGUF conversion and a cached load (`--skip-conversion` reuses the user cache);
 - tokens/s of the bare forward pass (full prompts, logits at the last position only);
-- samples/s of HFRater at batch sizes 1, 8, 16 and max_prompt_tokens 128, 256, and without
-  reusing the instruction prefix;
-- samples/s of greedy `generate(max_new_tokens=4)` on the same prompt tokens + parsing the
-  digit, and the agreement of its scores with HFRater's;
+- side by side on the same prompt tokens (instructions, text cut to a token budget, answer
+  prefix): samples/s of HFRater and of greedy `generate(max_new_tokens=4)` + parsing the
+  digit, at the demo's text budget (35 tokens, batch 16) and at 179 text tokens (batch 1
+  and 8, and once without reusing the instruction prefix); with the default DS2-criteria
+  rubric, and once with the short instructions crediflow used before;
+- the agreement of the generated digits with HFRater's most likely scores;
 - a projection for 2,000 demo records (short Q/A pairs, median ~60 tokens) per text budget.
 
 Usage: python benchmarks/rater.py [--texts 48] [--out benchmarks/results/rater.json]
@@ -122,22 +124,36 @@ def left_padded(prompts: list[list[int]], pad: int):
     return ids, mask
 
 
+def first_digit(answer: str, scores: tuple[int, ...]) -> int:
+    """The first score digit in a generated answer, -1 if none."""
+    found = re.search("[" + "".join(map(str, scores)) + "]", answer)
+    return int(found.group()) if found else -1
+
+
+def overall_field(answer: str, scores: tuple[int, ...]) -> int:
+    """The "overall" score of a generated DS2-style JSON answer, -1 if absent or off scale."""
+    found = re.search(r'"overall"\s*:\s*"?(\d+)', answer)
+    value = int(found.group(1)) if found else -1
+    return value if value in scores else -1
+
+
 def generate_scores(model, tokenizer, prompts: list[list[int]], batch_size: int,
-                    scores: tuple[int, ...]) -> np.ndarray:
-    """Greedy generate(max_new_tokens=4) per batch, first score digit parsed (-1 if none)."""
+                    scores: tuple[int, ...], max_new_tokens: int = 4,
+                    parse=first_digit) -> np.ndarray:
+    """Greedy generate(max_new_tokens) per batch (stopping at EOS), each answer parsed by
+    `parse` (-1 where it finds no score)."""
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    digit = re.compile("[" + "".join(map(str, scores)) + "]")
     out = np.full(len(prompts), -1)
     with torch.inference_mode():
         for begin in range(0, len(prompts), batch_size):
             ids, mask = left_padded(prompts[begin:begin + batch_size], pad)
-            new = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4,
-                                 do_sample=False, pad_token_id=pad)[:, ids.shape[1]:]
+            new = model.generate(input_ids=ids, attention_mask=mask,
+                                 max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=pad)[:, ids.shape[1]:]
             for row, answer in enumerate(tokenizer.batch_decode(new, skip_special_tokens=True)):
-                found = digit.search(answer)
-                out[begin + row] = int(found.group()) if found else -1
+                out[begin + row] = parse(answer, scores)
     return out
 
 
@@ -163,32 +179,40 @@ def forward_tokens_per_s(model, tokenizer, prompts: list[list[int]],
     return {"wall": round(tokens / seconds), "cpu": round(tokens / cpu)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--texts", type=int, default=48)
-    parser.add_argument("--demo-texts", type=int, default=96)
-    parser.add_argument("--skip-conversion", action="store_true",
-                        help="load the cached converted copy instead of timing a conversion")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads (default: torch's choice)")
-    parser.add_argument("--out", default="benchmarks/results/rater.json")
-    args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    load_before = os.getloadavg()[0]
+# The instructions crediflow used before the DS2-criteria rubric became the default: kept to
+# show how the speed-up depends on the share of the prompt that is shared instructions.
+SHORT_TEMPLATE = (
+    "Rate the quality of this question-answer pair as training data for an assistant, "
+    "from 1 (wrong, useless or harmful) to 5 (correct, helpful and clear). "
+    "Reply with one digit only.\n\n{text}"
+)
+# DS2's own rating asks the LLM to generate a JSON object of the criteria scores and an overall
+# rating, then parses it; this reply clause asks for that answer after the same rubric.
+DS2_ANSWER = ('Reply only with JSON: {{"rarity": <1-5>, "complexity": <1-5>, '
+              '"informativeness": <1-5>, "overall": <1-5>}}.')
+DS2_NEW_TOKENS = 32  # the JSON above is 25-30 SmolLM2 tokens
+_DIGIT_REPLY = "Reply with the overall score as one digit."
+DEMO_TEXT_BUDGET = 35  # text tokens per prompt in make demo (params.yaml select.max_prompt_tokens)
+LONG_TEXT_BUDGET = 179
 
+
+def measure(texts_count: int = 48, demo_count: int = 96, skip_conversion: bool = False,
+            threads: int = 0) -> dict:
+    """The rater benchmark's report (see the module docstring)."""
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     import torch
 
     from crediflow.llm import load_causal_lm
-    from crediflow.raters import HFRater
+    from crediflow.raters import DEFAULT_TEMPLATE, HFRater
     import_s = time.perf_counter() - start
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if threads:
+        torch.set_num_threads(threads)
 
     result: dict = {"benchmark": "rater", "model": "SmolLM2-135M-Instruct (GGUF Q4_1 -> fp32)",
                     "import_seconds": round(import_s, 2)}
     with tempfile.TemporaryDirectory() as tmp:
-        if args.skip_conversion:
+        if skip_conversion:
             folder = None
         else:
             folder = Path(tmp) / "smollm2"
@@ -198,92 +222,111 @@ def main() -> None:
         (model, tokenizer), seconds, cpu = timed(lambda: load_causal_lm(cache_dir=folder),
                                                  repeat=2)
         result["cached_load_seconds"] = {"wall": round(seconds, 2), "cpu": round(cpu, 2)}
+    model.generation_config.max_length = None
 
-    texts, matched = qa_texts(args.texts)
+    texts, matched = qa_texts(texts_count)
     result["texts"] = len(texts)
     result["torch_threads"] = torch.get_num_threads()
     scores = (1, 2, 3, 4, 5)
 
-    probe = HFRater(model, tokenizer)
+    def rater(template: str | None, budget: int, batch: int, reuse: bool = True,
+              **options) -> HFRater:
+        """An HFRater whose prompts hold `budget` text tokens after the instructions."""
+        kwargs = options if template is None else {"template": template, **options}
+        probe = HFRater(model, tokenizer, **kwargs)
+        overhead = len(probe.prefix_ids) + len(probe.suffix_ids)
+        return HFRater(model, tokenizer, max_prompt_tokens=overhead + budget, batch_size=batch,
+                       reuse_prefix=reuse, **kwargs)
+
+    def ds2_generate(budget: int, batch: int) -> dict:
+        """samples/s of DS2-style rating: the rubric asking for the JSON of DS2_ANSWER,
+        greedy generate() of up to DS2_NEW_TOKENS tokens, the "overall" field parsed."""
+        template = DEFAULT_TEMPLATE.replace(_DIGIT_REPLY, DS2_ANSWER)
+        assert template != DEFAULT_TEMPLATE, "the default template's reply clause changed"
+        prompts = rater(template, budget, batch, answer_prefix="").encode(texts)
+        parsed, seconds, cpu = timed(lambda: generate_scores(
+            model, tokenizer, prompts, batch, scores, DS2_NEW_TOKENS, overall_field))
+        return {**per_s(len(texts), seconds, cpu), "max_new_tokens": DS2_NEW_TOKENS,
+                "unparseable": int((parsed < 0).sum())}
+
     text_tokens = token_counts(tokenizer, texts)
     result["text_tokens"] = {"median": int(np.median(text_tokens)),
                              "p90": int(np.percentile(text_tokens, 90)),
                              "max": int(text_tokens.max())}
-    result["instruction_tokens"] = {"before_text": len(probe.prefix_ids),
-                                    "after_text": len(probe.suffix_ids)}
+    probe = rater(None, DEMO_TEXT_BUDGET, 1)
+    short = rater(SHORT_TEMPLATE, DEMO_TEXT_BUDGET, 1)
+    result["instruction_tokens"] = {
+        name: {"before_text": len(r.prefix_ids), "after_text": len(r.suffix_ids)}
+        for name, r in (("default_rubric", probe), ("short", short))}
 
-    full_prompts = HFRater(model, tokenizer, max_prompt_tokens=256).encode(texts)
+    full_prompts = rater(None, LONG_TEXT_BUDGET, 1).encode(texts)
     forward_tokens_per_s(model, tokenizer, full_prompts[:4], 4)  # warm-up
     result["bare_forward_tokens_per_s"] = {
         f"batch_{b}": forward_tokens_per_s(model, tokenizer, full_prompts, b) for b in (1, 8)}
 
-    runs, reference = [], None
-    for max_tokens, batch, reuse in [(128, 1, True), (128, 8, True), (128, 16, True),
-                                     (256, 1, True), (256, 8, True), (256, 16, True),
-                                     (256, 8, False)]:
-        rater = HFRater(model, tokenizer, max_prompt_tokens=max_tokens, batch_size=batch,
-                        reuse_prefix=reuse)
-        rater.rate(texts[:2])  # warm-up, and the shared prefix is computed once per rater
-        ratings, seconds, cpu = timed(lambda r=rater: r.rate(texts))
-        print(f"rater max_prompt_tokens={max_tokens} batch={batch} reuse={reuse}: "
-              f"{len(texts) / seconds:.2f} samples/s", file=sys.stderr)
-        runs.append({"max_prompt_tokens": max_tokens, "batch_size": batch,
-                     "reuse_prefix": reuse, **per_s(len(texts), seconds, cpu)})
-        if (max_tokens, batch, reuse) == (256, 8, True):
-            reference = ratings
-    result["hf_rater"] = runs
-
-    generated = {}
-    for batch in (1, 8):
-        model.generation_config.max_length = None
-        scored, seconds, cpu = timed(
-            lambda b=batch: generate_scores(model, tokenizer, full_prompts, b, scores))
-        print(f"generate batch={batch}: {len(texts) / seconds:.2f} samples/s", file=sys.stderr)
-        generated[batch] = scored
-        result.setdefault("generate", []).append(
-            {"max_prompt_tokens": 256, "batch_size": batch, "max_new_tokens": 4,
-             **per_s(len(texts), seconds, cpu), "unparseable": int((scored < 0).sum())})
-    result["speedup"] = {"goal": ">= 5x"}
-    for clock in ("samples_per_s", "samples_per_cpu_s"):
-        by_setting = {(r["max_prompt_tokens"], r["batch_size"], r["reuse_prefix"]): r[clock]
-                      for r in runs}
-        generate_b1, generate_b8 = (g[clock] for g in result["generate"])
-        result["speedup"][clock] = {
-            "best_vs_best": round(max(by_setting.values()) / max(generate_b1, generate_b8), 2),
-            "same_batch_8": round(by_setting[256, 8, True] / generate_b8, 2),
-            "same_batch_1": round(by_setting[256, 1, True] / generate_b1, 2),
-            "without_prefix_reuse_batch_8": round(by_setting[256, 8, False] / generate_b8, 2),
-            "rater_best_vs_generate_batch_1": round(max(by_setting.values()) / generate_b1, 2),
-        }
-
-    parsed = generated[8] >= 0
-    both = reference.argmax[parsed], generated[8][parsed]
-    result["agreement"] = {
-        "argmax_equals_generated_digit": round(float(np.mean(both[0] == both[1])), 3)
-        if parsed.any() else None,
-        "pearson_expected_vs_generated": round(float(np.corrcoef(
-            reference.expected[parsed], both[1])[0, 1]), 3)
-        if parsed.sum() > 2 and np.std(both[1]) > 0 else None,
-        "generate_unparseable": int((~parsed).sum()),
-        "generate_batch_1_vs_8_equal": round(float(np.mean(generated[1] == generated[8])), 3),
-        "rater_argmax_counts": {str(k): int((reference.argmax == k).sum()) for k in scores},
-        "mean_expected_matched_answers": round(float(reference.expected[matched].mean()), 3),
-        "mean_expected_mismatched_answers": round(float(reference.expected[~matched].mean()), 3),
-    }
+    # Side by side on the same prompt tokens (instructions, truncated text, answer prefix):
+    # HFRater's one forward pass against greedy generate() of up to 4 tokens + parsing.
+    comparisons, reference = [], None
+    for name, template, budget, batch in [
+        ("rubric", None, DEMO_TEXT_BUDGET, 16), ("rubric", None, LONG_TEXT_BUDGET, 1),
+        ("rubric", None, LONG_TEXT_BUDGET, 8), ("short", SHORT_TEMPLATE, LONG_TEXT_BUDGET, 8),
+    ]:
+        row: dict = {"instructions": name, "text_budget_tokens": budget, "batch_size": batch}
+        main_row = (name, budget, batch) == ("rubric", LONG_TEXT_BUDGET, 8)
+        for reuse in (True, False) if main_row else (True,):
+            one_pass = rater(template, budget, batch, reuse)
+            one_pass.rate(texts[:2])  # warm-up; the shared prefix is computed once per rater
+            ratings, seconds, cpu = timed(lambda r=one_pass: r.rate(texts))
+            row["hf_rater" if reuse else "hf_rater_without_prefix_reuse"] = per_s(
+                len(texts), seconds, cpu)
+            if reuse and main_row:
+                reference = ratings
+        prompts = rater(template, budget, batch).encode(texts)
+        generated, seconds, cpu = timed(
+            lambda p=prompts, b=batch: generate_scores(model, tokenizer, p, b, scores))
+        row["generate"] = {**per_s(len(texts), seconds, cpu),
+                           "max_new_tokens": 4, "unparseable": int((generated < 0).sum())}
+        row["speedup"] = {clock: round(row["hf_rater"][clock] / row["generate"][clock], 2)
+                          for clock in ("samples_per_s", "samples_per_cpu_s")}
+        if name == "rubric" and batch > 1:
+            ds2 = ds2_generate(budget, batch)
+            row["generate_ds2_answer"] = ds2
+            row["speedup_vs_ds2_answer"] = {
+                clock: round(row["hf_rater"][clock] / ds2[clock], 2)
+                for clock in ("samples_per_s", "samples_per_cpu_s")}
+        if main_row:
+            row["speedup_without_prefix_reuse"] = round(
+                row["hf_rater_without_prefix_reuse"]["samples_per_cpu_s"]
+                / row["generate"]["samples_per_cpu_s"], 2)
+            parsed = generated >= 0
+            both = reference.argmax[parsed], generated[parsed]
+            result["agreement"] = {
+                "argmax_equals_generated_digit": round(float(np.mean(both[0] == both[1])), 3)
+                if parsed.any() else None,
+                "generate_unparseable": int((~parsed).sum()),
+                "rater_argmax_counts": {str(k): int((reference.argmax == k).sum())
+                                        for k in scores},
+                "mean_expected_matched_answers": round(float(reference.expected[matched].mean()),
+                                                       3),
+                "mean_expected_mismatched_answers": round(
+                    float(reference.expected[~matched].mean()), 3),
+            }
+        print(f"{name} budget={budget} batch={batch}: {row['speedup']}", file=sys.stderr)
+        comparisons.append(row)
+    result["side_by_side"] = comparisons
+    result["goal"] = "hf rater >= 5x the samples/s of generate() + parsing"
 
     # Projection for the demo: 2,000 short Q/A records (median ~60 text tokens). Per-row cost is
     # the text (capped by the budget) plus the closing tokens; the instructions are shared.
-    demo = demo_texts(args.demo_texts, tokenizer)
+    demo = demo_texts(demo_count, tokenizer)
     demo_tokens = token_counts(tokenizer, demo)
-    overhead = len(probe.prefix_ids) + len(probe.suffix_ids)
     projection = []
-    for budget, batch in [(32, 16), (40, 16), (48, 16), (64, 16), (32, 8), (96, 16)]:
-        rater = HFRater(model, tokenizer, max_prompt_tokens=overhead + budget, batch_size=batch)
-        rater.rate(demo[:2])
-        _, seconds, cpu = timed(lambda r=rater: r.rate(demo))
-        print(f"demo budget={budget} batch={batch}: {len(demo) / seconds:.2f} samples/s",
-              file=sys.stderr)
-        projection.append({"text_budget_tokens": budget, "max_prompt_tokens": overhead + budget,
+    for budget, batch in [(DEMO_TEXT_BUDGET, 16), (DEMO_TEXT_BUDGET, 8), (64, 16)]:
+        one_pass = rater(None, budget, batch)
+        one_pass.rate(demo[:2])
+        _, seconds, cpu = timed(lambda r=one_pass: r.rate(demo))
+        projection.append({"text_budget_tokens": budget,
+                           "max_prompt_tokens": one_pass.max_prompt_tokens,
                            "batch_size": batch, **per_s(len(demo), seconds, cpu),
                            "projected_seconds_for_2000": round(2000 * seconds / len(demo)),
                            "projected_cpu_seconds_for_2000": round(2000 * cpu / len(demo))})
@@ -298,7 +341,31 @@ def main() -> None:
                                    "after": round(os.getloadavg()[0], 2)}
     result["machine"] = (f"{platform.machine()}, {os.cpu_count()} cores, Python "
                          f"{platform.python_version()}, torch {torch.__version__}")
-    write_report(result, args.out)
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The rater benchmark's command-line options."""
+    parser.add_argument("--texts", type=int, default=48)
+    parser.add_argument("--demo-texts", type=int, default=96)
+    parser.add_argument("--skip-conversion", action="store_true",
+                        help="load the cached converted copy instead of timing a conversion")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (default: torch's choice)")
+
+
+def from_arguments(args: argparse.Namespace) -> dict:
+    """`measure` with the options of `add_arguments`."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return measure(args.texts, args.demo_texts, args.skip_conversion, args.threads)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_arguments(parser)
+    parser.add_argument("--out", default="benchmarks/results/rater.json")
+    args = parser.parse_args()
+    write_report(from_arguments(args), args.out)
 
 
 if __name__ == "__main__":

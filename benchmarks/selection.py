@@ -1,8 +1,14 @@
-"""Benchmark: DS2 curation and selection of synthetic rated samples.
+"""Benchmark: DS2 curation and selection of synthetic rated samples, then the hf rater.
 
-Usage: python benchmarks/selection.py [--rows 300000] [--out benchmarks/results/select.json]
-384-d clustered embeddings, 5 rating classes, 25% of the ratings moved to a neighbouring
-class; curation (k-NN graph, HOC, detection) and selection of half the rows are timed.
+Usage: python benchmarks/selection.py [--rows 300000] [--skip-rater] [rater options]
+                                      [--out benchmarks/results/select.json]
+Curation: 384-d clustered embeddings, 5 rating classes, 25% of the ratings moved to a
+neighbouring class; curation (k-NN graph, HOC, detection) and selection of half the rows are
+timed, and the peak memory is read before the rater starts. Rater: SmolLM2 one forward pass
+against generate() + parsing, side by side (benchmarks/rater.py, which also runs alone).
+
+The file is not called select.py: every script in this folder runs with the folder first on
+sys.path, where a select.py would shadow the stdlib module `select` that subprocess imports.
 """
 
 from __future__ import annotations
@@ -14,12 +20,15 @@ import resource
 import time
 
 import numpy as np
+import rater
 from report import write_report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=300_000)
+    parser.add_argument("--skip-rater", action="store_true")
+    rater.add_arguments(parser)
     parser.add_argument("--out", default="benchmarks/results/select.json")
     args = parser.parse_args()
 
@@ -50,6 +59,8 @@ def main() -> None:
                    f"Python {platform.python_version()}",
         "load_average": round(os.getloadavg()[0], 2),
     }
+    if not args.skip_rater:
+        report["rater"] = rater.from_arguments(args)
     write_report(report, args.out)
 
 

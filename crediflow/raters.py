@@ -7,6 +7,8 @@ Two raters share one interface, `rate(texts) -> Ratings`:
   score tokens ("1".."5") gives probabilities, an expected score and the most likely score.
   The instructions before the text are the same for every row, so their keys and values are
   computed once and reused by every batch; only the text and the closing tokens cost compute.
+  The default instructions are a rubric of DS2's criteria (rarity, complexity,
+  informativeness) weighed into one overall score; their length costs this rater little.
 - `OpenAIRater` asks any OpenAI-compatible chat endpoint for `{"score": N}`, with bounded
   concurrency and retries.
 
@@ -48,16 +50,19 @@ from crediflow.shards import write_shard
 log = logging.getLogger(__name__)
 
 DEFAULT_SCORES: tuple[int, ...] = (1, 2, 3, 4, 5)
-DEFAULT_TEMPLATE = (
-    "Rate the quality of this question-answer pair as training data for an assistant, "
-    "from 1 (wrong, useless or harmful) to 5 (correct, helpful and clear). "
-    "Reply with one digit only.\n\n{text}"
+# The criteria are DS2's (rarity, complexity, informativeness), folded into one overall score
+# on the rating scale. The rubric comes before the text, so HFRater computes it once.
+_RUBRIC = (
+    "You rate samples of training data for an AI assistant. Judge the sample below on three "
+    "criteria: rarity (how uncommon and valuable its topic or task is), complexity (how much "
+    "reasoning or knowledge a good answer needs) and informativeness (how correct, complete and "
+    "useful its answer is). Weigh them into one overall quality score from 1 (poor: wrong, "
+    "useless or harmful) to 5 (excellent: correct, helpful, clear and substantial). Use the "
+    "whole scale: samples of similar quality may still differ by a point. "
 )
-DEFAULT_JSON_TEMPLATE = (
-    "Rate the quality of this question-answer pair as training data for an assistant, "
-    "from 1 (wrong, useless or harmful) to 5 (correct, helpful and clear). "
-    'Reply only with JSON like {{"score": 3}}.\n\n{text}'
-)
+DEFAULT_TEMPLATE = _RUBRIC + "Reply with the overall score as one digit.\n\nSample:\n{text}"
+DEFAULT_JSON_TEMPLATE = (_RUBRIC + 'Reply only with JSON like {{"score": 3}}.\n\n'
+                         "Sample:\n{text}")
 
 DEFAULT_ANSWER_PREFIX = "Score: "
 

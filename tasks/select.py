@@ -24,15 +24,16 @@ from tasks.stage import project_path, stage_main
 log = logging.getLogger("crediflow.select")
 
 
-def rate(records: pa.Table, params: dict) -> np.ndarray:
-    """A rating per record: from the `rating` column, or from the configured rater."""
+def rate(records: pa.Table, params: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """(rating, most likely score or None) per record: from the `rating` column, or from the
+    configured LLM rater (its expected score and its argmax score)."""
     kind = params["rater"]
     if kind == "column":
         ratings = records.column("rating")
         if ratings.null_count:
             raise InputError(f"{ratings.null_count} record(s) have no rating and select.rater "
                              "is 'column'; choose the hf or openai rater", field="rating")
-        return ratings.to_numpy().astype(float)
+        return ratings.to_numpy().astype(float), None
     from crediflow.raters import HFRater, OpenAIRater, RatingCache
 
     texts = conversation_texts(records.column("messages"))
@@ -43,14 +44,22 @@ def rate(records: pa.Table, params: dict) -> np.ndarray:
         rater = HFRater(model, tokenizer, max_prompt_tokens=int(params["max_prompt_tokens"]),
                         batch_size=int(params["batch_size"]),
                         cache=RatingCache(project_path(params["cache"]), "hf"),
-                        model_id=str(params.get("model") or "SmolLM2-135M-Instruct"))
+                        model_id=str(params.get("model") or "SmolLM2-135M-Instruct"),
+                        **_given(params, template="template", answer_prefix="answer_prefix"))
     elif kind == "openai":
         rater = OpenAIRater(params["base_url"], params["openai_model"],
                             api_key_env=params["api_key_env"],
-                            cache=RatingCache(project_path(params["cache"]), "openai"))
+                            cache=RatingCache(project_path(params["cache"]), "openai"),
+                            **_given(params, template="openai_template"))
     else:
         raise InputError(f"unknown rater {kind!r}; use column, hf or openai", field="rater")
-    return rater.rate(texts).expected
+    rated = rater.rate(texts)
+    return rated.expected, rated.argmax
+
+
+def _given(params: dict, **names: str) -> dict:
+    """Keyword arguments from the params that are set (null keeps the rater's default)."""
+    return {arg: params[key] for arg, key in names.items() if params.get(key) is not None}
 
 
 def run() -> dict:
@@ -59,7 +68,7 @@ def run() -> dict:
     records = pq.read_table(project_path(stage_params("fix")["out"]) / "records.parquet")
     vectors = aligned_vectors(
         records, project_path(stage_params("embed")["out"]) / "embeddings.parquet")
-    ratings = rate(records, params)
+    ratings, argmax = rate(records, params)
     result = curate_and_select(
         ratings, vectors, float(params["budget"]), bins=params["bins"], k=int(params["k"]),
         rounds=int(params["rounds"]), epochs=int(params["epochs"]),
@@ -67,8 +76,11 @@ def run() -> dict:
     )
     edges = params["bins"]
     classes = [f"{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
-    selected = records.drop_columns([c for c in ("rating",) if c in records.column_names])
+    added = ("rating", "rating_argmax", "curated_rating", "long_tail_score", "selected")
+    selected = records.drop_columns([c for c in added if c in records.column_names])
     selected = (selected.append_column("rating", pa.array(ratings))
+                .append_column("rating_argmax", pa.nulls(len(ratings), pa.int64())
+                               if argmax is None else pa.array(argmax, pa.int64()))
                 .append_column("curated_rating", pa.array(result.curated_rating))
                 .append_column("long_tail_score", pa.array(result.long_tail))
                 .append_column("selected", pa.array(result.selected)))

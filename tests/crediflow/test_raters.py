@@ -26,44 +26,7 @@ from crediflow.raters import (
 )
 
 TEMPLATE = "Rate it 1 to 5.\n{text}\nOne digit."
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 TEXTS = [f"Q: what does json dumps do? A: {'it serializes obj ' * n}" for n in range(1, 12)]
-
-
-# --------------------------------------------------------------------------- tiny model
-
-
-@pytest.fixture(scope="module")
-def tiny_lm():
-    """A 2-layer Llama (hidden 64) with an offline-trained byte-level BPE tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<pad>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    bpe.train_from_iterator([TEMPLATE, *TEXTS, "1 2 3 4 5"] * 5, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>",
-                                        eos_token="<|im_end|>")
-    tokenizer.chat_template = CHAT_TEMPLATE
-    torch.manual_seed(0)
-    # A large init scale makes the score distribution far from uniform, so that a wrong
-    # mask or position shows up as a large difference.
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         initializer_range=0.3, pad_token_id=tokenizer.pad_token_id)
-    # One thread: for a model this small, more threads only add synchronisation, which gets
-    # very slow when other processes load the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield LlamaForCausalLM(config).eval(), tokenizer
-    torch.set_num_threads(threads)
 
 
 def _forward_counter(model) -> tuple[Counter, Callable[[], None]]:
