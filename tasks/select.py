@@ -68,7 +68,11 @@ def run() -> dict:
     records = pq.read_table(project_path(stage_params("fix")["out"]) / "records.parquet")
     vectors = aligned_vectors(
         records, project_path(stage_params("embed")["out"]) / "embeddings.parquet")
-    ratings, argmax = rate(records, params)
+    if params["score"] not in ("argmax", "expected"):
+        raise InputError(f"select.score must be argmax or expected, got {params['score']!r}",
+                         field="score")
+    expected, argmax = rate(records, params)
+    ratings = expected if argmax is None or params["score"] == "expected" else argmax * 1.0
     result = curate_and_select(
         ratings, vectors, float(params["budget"]), bins=params["bins"], k=int(params["k"]),
         rounds=int(params["rounds"]), epochs=int(params["epochs"]),
@@ -76,11 +80,15 @@ def run() -> dict:
     )
     edges = params["bins"]
     classes = [f"{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
-    added = ("rating", "rating_argmax", "curated_rating", "long_tail_score", "selected")
+    added = ("rating", "rating_expected", "rating_argmax", "curated_rating", "long_tail_score",
+             "selected")
     selected = records.drop_columns([c for c in added if c in records.column_names])
+    nulls = pa.nulls(len(ratings))  # the column rater has no score distribution
     selected = (selected.append_column("rating", pa.array(ratings))
-                .append_column("rating_argmax", pa.nulls(len(ratings), pa.int64())
-                               if argmax is None else pa.array(argmax, pa.int64()))
+                .append_column("rating_expected", nulls.cast(pa.float64()) if argmax is None
+                               else pa.array(expected, pa.float64()))
+                .append_column("rating_argmax", nulls.cast(pa.int64()) if argmax is None
+                               else pa.array(argmax, pa.int64()))
                 .append_column("curated_rating", pa.array(result.curated_rating))
                 .append_column("long_tail_score", pa.array(result.long_tail))
                 .append_column("selected", pa.array(result.selected)))

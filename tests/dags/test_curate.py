@@ -133,7 +133,8 @@ def test_curate_end_to_end(project):
     assert set(children) == {"ingest", "embed", "audit", "fix", "select"}
     chosen = pq.read_table(project / "data/selected/records.parquet")
     assert chosen.num_rows == 300 and sum(chosen.column("selected").to_pylist()) == 150
-    assert chosen.column("rating_argmax").null_count == 300  # ratings came from a column
+    # ratings came from a column: no score distribution to record
+    assert {chosen.column(c).null_count for c in ("rating_argmax", "rating_expected")} == {300}
     assert (project / "reports/select/rating_histogram.png").exists()
     assert all(c.info.status == "FINISHED" for c in children.values())
     assert children["audit"].data.metrics["credibility"] == audit["credibility"]

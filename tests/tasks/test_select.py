@@ -6,11 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import yaml
 
+from crediflow.credibility import clustered_embeddings
 from crediflow.errors import InputError
 from crediflow.raters import HFRater
-from tasks.select import rate
+from crediflow.records import RECORD_SCHEMA
+from tasks.embed import vectors_table
+from tasks.select import rate, run
+from tasks.settings import PROJECT_ROOT
 
 PAIRS = [(f"what does json dumps do? {'really ' * n}", "it serializes obj " * (n + 1))
          for n in range(6)]
@@ -52,3 +58,56 @@ def test_hf_rater_uses_the_template_and_answer_prefix_from_params(tiny_lm, hf_pa
 def test_a_template_without_the_text_slot_is_refused(hf_params) -> None:
     with pytest.raises(InputError, match=r"\{text\}"):
         rate(_records(), {**hf_params, "template": "Rate this sample."})
+
+
+@pytest.fixture
+def project(hf_params, tmp_path: Path, monkeypatch) -> Path:
+    """A project with 60 fixed records and their embeddings, rated by the tiny model."""
+    monkeypatch.setenv("CREDIFLOW_HOME", str(tmp_path))
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params["select"].update({**hf_params, "k": 5, "budget": 20})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    n = 60
+    vectors, _ = clustered_embeddings(n, 16, 2, clusters_per_class=2, latent_dim=4, seed=0)
+    ids = [f"r{i}" for i in range(n)]
+    records = pa.table({
+        "id": ids,
+        "messages": [[{"role": "user", "content": f"what does f{i} do?"},
+                      {"role": "assistant", "content": "it serializes obj " * (1 + i % 7)}]
+                     for i in range(n)],
+        "label": [None] * n, "rating": [None] * n, "group": [None] * n, "source": ["s"] * n,
+    }, schema=RECORD_SCHEMA)
+    for folder, name, table in [
+        (params["fix"]["out"], "records.parquet", records),
+        (params["embed"]["out"], "embeddings.parquet",
+         vectors_table(records.column("id"), vectors.astype(np.float32))),
+    ]:
+        (tmp_path / folder).mkdir(parents=True)
+        pq.write_table(table, tmp_path / folder / name)
+    return tmp_path
+
+
+def _set_score(project: Path, score: str) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text(encoding="utf-8"))
+    params["select"]["score"] = score
+    (project / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+
+
+def test_the_stage_rates_by_argmax_or_expected_score_and_records_both(project) -> None:
+    run()
+    out = pq.read_table(project / "data/selected/records.parquet").to_pandas()
+    assert out["rating"].tolist() == out["rating_argmax"].astype(float).tolist()
+    assert out["rating_expected"].between(1, 5).all()
+    assert out["selected"].sum() == 20
+    _set_score(project, "expected")
+    run()
+    again = pq.read_table(project / "data/selected/records.parquet").to_pandas()
+    np.testing.assert_allclose(again["rating"], out["rating_expected"], atol=1e-5)
+    np.testing.assert_array_equal(again["rating_argmax"], out["rating_argmax"])
+
+
+def test_an_unknown_score_choice_is_refused_before_rating(project) -> None:
+    _set_score(project, "mean")
+    with pytest.raises(InputError, match="argmax or expected"):
+        run()
+    assert not (project / "data/selected").exists()
