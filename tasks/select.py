@@ -25,8 +25,8 @@ log = logging.getLogger("crediflow.select")
 
 
 def rate(records: pa.Table, params: dict) -> tuple[np.ndarray, np.ndarray | None]:
-    """(rating, most likely score or None) per record: from the `rating` column, or from the
-    configured LLM rater (its expected score and its argmax score)."""
+    """(expected score, most likely score) per record from the configured LLM rater, or
+    (the `rating` column, None) for the column rater."""
     kind = params["rater"]
     if kind == "column":
         ratings = records.column("rating")
@@ -72,7 +72,7 @@ def run() -> dict:
         raise InputError(f"select.score must be argmax or expected, got {params['score']!r}",
                          field="score")
     expected, argmax = rate(records, params)
-    ratings = expected if argmax is None or params["score"] == "expected" else argmax * 1.0
+    ratings = expected if argmax is None or params["score"] == "expected" else argmax.astype(float)
     result = curate_and_select(
         ratings, vectors, float(params["budget"]), bins=params["bins"], k=int(params["k"]),
         rounds=int(params["rounds"]), epochs=int(params["epochs"]),
