@@ -86,6 +86,7 @@ class Ratings:
     expected: np.ndarray  # (N,) float: expected score under the model's score distribution
     argmax: np.ndarray  # (N,) int: most likely score
     probs: np.ndarray  # (N, S) probabilities over the score values (rows sum to 1)
+    from_cache: np.ndarray | None = None  # (N,) bool: read from the rating cache, not rated
 
     def __len__(self) -> int:
         return len(self.expected)
@@ -459,7 +460,8 @@ class HFRater:
             if self.cache is not None:
                 self.cache.put_keys(keys[todo], ratings.expected[todo],
                                     argmax=ratings.argmax[todo], probs=probs)
-        return Ratings(ratings.expected[codes], ratings.argmax[codes], ratings.probs[codes])
+        return Ratings(ratings.expected[codes], ratings.argmax[codes], ratings.probs[codes],
+                       from_cache=found[codes])
 
     def _score_probs(self, texts: list[str]) -> np.ndarray:
         """(N, S) probabilities of the score tokens at the answer position of each prompt."""
@@ -665,7 +667,8 @@ class OpenAIRater:
                              f"(model {self.model}) after {self.retries} retries; last reason: "
                              f"{reason}{kept}", failed=failures, reason=reason)
         argmax = argmax[codes]
-        return Ratings(argmax.astype(np.float64), argmax, _one_hot(argmax, self.scores))
+        return Ratings(argmax.astype(np.float64), argmax, _one_hot(argmax, self.scores),
+                       from_cache=found[codes])
 
     def _request_all(
         self, texts: list[str], rows: np.ndarray, argmax: np.ndarray, keys: np.ndarray | None

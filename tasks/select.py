@@ -6,6 +6,7 @@ Run as `python -m tasks.select` (the cmd of its DVC stage).
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -24,16 +25,16 @@ from tasks.stage import project_path, stage_main
 log = logging.getLogger("crediflow.select")
 
 
-def rate(records: pa.Table, params: dict) -> tuple[np.ndarray, np.ndarray | None]:
-    """(expected score, most likely score) per record from the configured LLM rater, or
-    (the `rating` column, None) for the column rater."""
+def rate(records: pa.Table, params: dict) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """(expected score, most likely score, rating metrics) per record from the configured
+    LLM rater, or (the `rating` column, None, {}) for the column rater."""
     kind = params["rater"]
     if kind == "column":
         ratings = records.column("rating")
         if ratings.null_count:
             raise InputError(f"{ratings.null_count} record(s) have no rating and select.rater "
                              "is 'column'; choose the hf or openai rater", field="rating")
-        return ratings.to_numpy().astype(float), None
+        return ratings.to_numpy().astype(float), None, {}
     from crediflow.raters import HFRater, OpenAIRater, RatingCache
 
     texts = conversation_texts(records.column("messages"))
@@ -53,8 +54,14 @@ def rate(records: pa.Table, params: dict) -> tuple[np.ndarray, np.ndarray | None
                             **_given(params, template="openai_template"))
     else:
         raise InputError(f"unknown rater {kind!r}; use column, hf or openai", field="rater")
+    start = time.perf_counter()
     rated = rater.rate(texts)
-    return rated.expected, rated.argmax
+    seconds = time.perf_counter() - start
+    new = len(rated) - int(rated.from_cache.sum())
+    return rated.expected, rated.argmax, {
+        "rated": new, "ratings_from_cache": len(rated) - new, "rating_seconds": round(seconds, 2),
+        "ratings_per_second": round(new / seconds, 2) if new else None,
+    }
 
 
 def _given(params: dict, **names: str) -> dict:
@@ -71,7 +78,7 @@ def run() -> dict:
     if params["score"] not in ("argmax", "expected"):
         raise InputError(f"select.score must be argmax or expected, got {params['score']!r}",
                          field="score")
-    expected, argmax = rate(records, params)
+    expected, argmax, rating_metrics = rate(records, params)
     ratings = expected if argmax is None or params["score"] == "expected" else argmax.astype(float)
     result = curate_and_select(
         ratings, vectors, float(params["budget"]), bins=params["bins"], k=int(params["k"]),
@@ -96,6 +103,7 @@ def run() -> dict:
     metrics = {
         "rater": params["rater"],
         "rows": records.num_rows,
+        **rating_metrics,
         "selected": int(result.selected.sum()),
         "ratings_moved": moved,
         "moves": result.moves,

@@ -127,12 +127,13 @@ def test_cache_hit_needs_no_forward_pass(tiny_lm, tmp_path: Path) -> None:
                         cache=RatingCache(tmp_path, "tiny-rater")).rate(TEXTS + TEXTS[:3])
         # one pass for the shared instructions, then one per batch of 4 distinct texts
         assert calls["forward"] == 1 + 3
+        assert not first.from_cache.any()
         calls.clear()
         # a new cache object reads what the first one wrote to disk
         rater = HFRater(model, tokenizer, template=TEMPLATE, batch_size=4, model_id="tiny",
                         cache=RatingCache(tmp_path, "tiny-rater"))
         again = rater.rate(TEXTS[::-1])
-        assert calls["forward"] == 0
+        assert calls["forward"] == 0 and again.from_cache.all()
         np.testing.assert_array_equal(again.expected, first.expected[: len(TEXTS)][::-1])
         np.testing.assert_array_equal(again.probs, first.probs[: len(TEXTS)][::-1])
         np.testing.assert_array_equal(again.argmax, first.argmax[: len(TEXTS)][::-1])
@@ -270,6 +271,7 @@ def test_failing_text_raises_and_keeps_answers(endpoint: FakeEndpoint, tmp_path:
     endpoint.requests.clear()
     ratings = _rater(endpoint.url, cache=RatingCache(tmp_path, "api")).rate(texts)
     assert ratings.argmax.tolist() == [3] * 5 + [1]
+    assert ratings.from_cache.tolist() == [True] * 5 + [False]
     assert dict(endpoint.requests) == {"bad": 1}
 
 

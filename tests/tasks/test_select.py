@@ -41,14 +41,15 @@ def hf_params(tiny_lm, tmp_path: Path) -> dict:
 def test_hf_rater_uses_the_template_and_answer_prefix_from_params(tiny_lm, hf_params) -> None:
     model, tokenizer = tiny_lm
     texts = [f"{q}\n{a}" for q, a in PAIRS]
-    default, argmax = rate(_records(), hf_params)
+    default, argmax, metrics = rate(_records(), hf_params)
+    assert metrics["rated"] == len(PAIRS) and metrics["ratings_from_cache"] == 0
     reference = HFRater(model, tokenizer, max_prompt_tokens=600, batch_size=4).rate(texts)
     np.testing.assert_allclose(default, reference.expected, atol=1e-5)
     np.testing.assert_array_equal(argmax, reference.argmax)
 
     custom = {**hf_params, "template": "Rate it 1 to 5.\n{text}\nOne digit.",
               "answer_prefix": ""}
-    ratings, _ = rate(_records(), custom)
+    ratings, _, _ = rate(_records(), custom)
     expected = HFRater(model, tokenizer, template=custom["template"], answer_prefix="",
                        max_prompt_tokens=600, batch_size=4).rate(texts).expected
     np.testing.assert_allclose(ratings, expected, atol=1e-5)
@@ -94,13 +95,15 @@ def _set_score(project: Path, score: str) -> None:
 
 
 def test_the_stage_rates_by_argmax_or_expected_score_and_records_both(project) -> None:
-    run()
+    first = run()
+    assert (first["rated"], first["ratings_from_cache"]) == (60, 0)
     out = pq.read_table(project / "data/selected/records.parquet").to_pandas()
     assert out["rating"].tolist() == out["rating_argmax"].astype(float).tolist()
     assert out["rating_expected"].between(1, 5).all()
     assert out["selected"].sum() == 20
     _set_score(project, "expected")
-    run()
+    second = run()
+    assert (second["rated"], second["ratings_from_cache"]) == (0, 60)  # a rerun pays nothing
     again = pq.read_table(project / "data/selected/records.parquet").to_pandas()
     np.testing.assert_allclose(again["rating"], out["rating_expected"], atol=1e-5)
     np.testing.assert_array_equal(again["rating_argmax"], out["rating_argmax"])
