@@ -104,8 +104,9 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _metric_key(key: str) -> str:
-    """MLflow allows only word characters, - . : / and spaces in metric names."""
-    return re.sub(r"[^\w\-.:/ ]", "_", key)[:250]
+    """MLflow allows only word characters, - . : / and spaces in metric names; "a->b" (a
+    change from a to b) becomes "a_to_b"."""
+    return re.sub(r"[^\w\-.:/ ]", "_", key.replace("->", "_to_"))[:250]
 
 
 def _is_data(path: str) -> bool:

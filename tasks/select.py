@@ -69,6 +69,12 @@ def _given(params: dict, **names: str) -> dict:
     return {arg: params[key] for arg, key in names.items() if params.get(key) is not None}
 
 
+def _class_move(move: str, classes: list[str]) -> str:
+    """"i->j" between class indices as "label i->label j"."""
+    raw, curated = move.split("->")
+    return f"{classes[int(raw)]}->{classes[int(curated)]}"
+
+
 def run() -> dict:
     """Rate, curate and select the fixed records; publish them with the reports."""
     params = stage_params("select")
@@ -106,7 +112,7 @@ def run() -> dict:
         **rating_metrics,
         "selected": int(result.selected.sum()),
         "ratings_moved": moved,
-        "moves": result.moves,
+        "moves": {_class_move(move, classes): n for move, n in result.moves.items()},
         "credibility": round(float(result.credibility), 6),
         "T": np.round(result.T, 6).tolist(),
         "mean_rating": round(float(np.mean(ratings)), 4),

@@ -114,3 +114,10 @@ def test_an_unknown_score_choice_is_refused_before_rating(project) -> None:
     with pytest.raises(InputError, match="argmax or expected"):
         run()
     assert not (project / "data/selected").exists()
+
+
+def test_moves_are_named_by_rating_class() -> None:
+    from tasks.select import _class_move
+
+    classes = ["0.5-1.5", "1.5-2.5", "2.5-3.5"]
+    assert _class_move("2->0", classes) == "2.5-3.5->0.5-1.5"
