@@ -14,19 +14,14 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
 
 import numpy as np
-from report import write_report
+from report import peak_rss_mb, write_report
 
 GOAL = "1M rows: audit < 300 s and peak RSS < 8192 MB on 2 CPU cores"
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 def run_one(rows: int, dim: int, k: int, seed: int) -> dict:

@@ -19,7 +19,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import time
 import warnings
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from report import write_report
+from report import machine, write_report
 
 SNIPPETS_PER_LONG_TEXT = 14
 
@@ -196,8 +195,7 @@ def main() -> None:
                          "sentence_transformers_after_ours": round(st_load, 2)},
         **sets,
         "goals": "max_abs_diff_vs_st <= 1e-5; speed_ratio >= 1.0",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
-                   f"with {torch.get_num_threads()} threads, Python {platform.python_version()}",
+        "machine": machine(f"torch {torch.__version__} with {torch.get_num_threads()} threads"),
         "load_average_before_after": [round(load_before[0], 2),
                                       round(os.getloadavg()[0], 2)],
     }

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -17,7 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from report import write_report
+from report import machine, peak_rss_mb, write_report
 
 
 def generate(path: Path, rows: int, seed: int = 0) -> None:
@@ -66,7 +64,7 @@ def main() -> None:
         write_parquet(out_dir / "rejected.parquet", result.rejected)
         seconds = time.perf_counter() - start
         size = data.stat().st_size
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     report = {
         "benchmark": "ingest",
         "rows": args.rows,
@@ -79,8 +77,7 @@ def main() -> None:
         "peak_rss_mb": round(peak_mb),
         "generate_seconds": round(gen_s, 1),
         "goal": "1M rows < 60 s and < 4096 MB peak",
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, "
-                   f"Python {platform.python_version()}",
+        "machine": machine(),
     }
     write_report(report, args.out)
 

@@ -26,7 +26,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -38,12 +37,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from report import write_report
+from report import machine, write_report
 
 _MODULES = (json, os.path, re, itertools, functools, collections, math, string, textwrap,
             shutil, statistics)
 
 
+@functools.cache
 def docstring_pairs() -> list[tuple[str, str]]:
     """(question, answer) per documented public callable of a few stdlib modules; the answer
     is the first two paragraphs of its docstring, at most 120 words."""
@@ -73,7 +73,7 @@ def qa_texts(count: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
     return texts, matched
 
 
-def demo_texts(count: int, tokenizer, seed: int = 1) -> list[str]:
+def demo_texts(count: int, seed: int = 1) -> list[str]:
     """Short Q/A texts whose token counts have a median near 60, like the demo records."""
     rng = np.random.default_rng(seed)
     pairs = docstring_pairs()
@@ -281,7 +281,7 @@ def measure(texts_count: int = 48, demo_count: int = 96, skip_conversion: bool =
                 len(texts), seconds, cpu)
             if reuse and main_row:
                 reference = ratings
-        prompts = rater(template, budget, batch).encode(texts)
+        prompts = one_pass.encode(texts)  # the same prompt tokens, whatever reuse_prefix
         generated, seconds, cpu = timed(
             lambda p=prompts, b=batch: generate_scores(model, tokenizer, p, b, scores))
         row["generate"] = {**per_s(len(texts), seconds, cpu),
@@ -318,7 +318,7 @@ def measure(texts_count: int = 48, demo_count: int = 96, skip_conversion: bool =
 
     # Projection for the demo: 2,000 short Q/A records (median ~60 text tokens). Per-row cost is
     # the text (capped by the budget) plus the closing tokens; the instructions are shared.
-    demo = demo_texts(demo_count, tokenizer)
+    demo = demo_texts(demo_count)
     demo_tokens = token_counts(tokenizer, demo)
     projection = []
     for budget, batch in [(DEMO_TEXT_BUDGET, 16), (DEMO_TEXT_BUDGET, 8), (64, 16)]:
@@ -339,8 +339,7 @@ def measure(texts_count: int = 48, demo_count: int = 96, skip_conversion: bool =
     }
     result["load_average_1min"] = {"before": round(load_before, 2),
                                    "after": round(os.getloadavg()[0], 2)}
-    result["machine"] = (f"{platform.machine()}, {os.cpu_count()} cores, Python "
-                         f"{platform.python_version()}, torch {torch.__version__}")
+    result["machine"] = machine(f"torch {torch.__version__}")
     return result
 
 

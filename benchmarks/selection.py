@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import resource
 import time
 
 import numpy as np
 import rater
-from report import write_report
+from report import machine, peak_rss_mb, write_report
 
 
 def main() -> None:
@@ -49,14 +47,13 @@ def main() -> None:
         "benchmark": "select",
         "rows": args.rows,
         "seconds": round(seconds, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mb": round(peak_rss_mb()),
         "T_error": round(float(np.abs(result.T - T).sum() / 5), 4),
         "agreement_raw": round(float(np.mean(observed == true + 1)), 4),
         "agreement_curated": round(float(np.mean(result.curated_rating == true + 1)), 4),
         "selected": int(result.selected.sum()),
         "goal": "300k rows < 120 s and < 6144 MB",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                   f"Python {platform.python_version()}",
+        "machine": machine(),
         "load_average": round(os.getloadavg()[0], 2),
     }
     if not args.skip_rater:

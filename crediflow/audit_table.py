@@ -11,8 +11,6 @@ import pyarrow as pa
 from crediflow.credibility import AuditResult, audit_labels
 from crediflow.errors import InputError
 
-ISSUE_COLUMNS = ("label_issue", "label_score", "suggested_label", "suggestion_confidence")
-
 
 @dataclass
 class AuditedColumns:

@@ -5,7 +5,6 @@ ratings, and a budget is filled from the top curated class down, by long-tail sc
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -71,6 +70,8 @@ def curate_and_select(
     curated_rating = np.where(move, representative[curated], np.asarray(ratings, float))
     long_tail = long_tail_scores(graph.sims)
     selected = select_top(curated, long_tail, budget, seed=seed)
-    moves = Counter(f"{a}->{b}" for a, b in zip(raw[move], curated[move], strict=True))
+    pairs = np.bincount(raw[move] * num_classes + curated[move],
+                        minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    moves = {f"{a}->{b}": int(pairs[a, b]) for a, b in zip(*np.nonzero(pairs), strict=True)}
     return Curation(T, p, credibility_score(T), raw, curated, curated_rating, long_tail,
-                    selected, dict(moves))
+                    selected, moves)

@@ -196,10 +196,12 @@ def combine_detections(knn: Detection, probe: Detection, labels: np.ndarray, *,
                          field="rule")
     y = np.asarray(labels, dtype=np.int64)
     rates = np.maximum(knn.flag_rates, probe.flag_rates)
-    if rule == "mean":
-        if knn.class_scores is None or probe.class_scores is None:
-            raise InputError("rule 'mean' needs both detections' class_scores", field="rule")
+    scores = None
+    if knn.class_scores is not None and probe.class_scores is not None:
         scores = (knn.class_scores.astype(np.float64) + probe.class_scores) / 2.0
+    if rule == "mean":
+        if scores is None:
+            raise InputError("rule 'mean' needs both detections' class_scores", field="rule")
         return _flag_from_scores(scores, y, rates, np.random.default_rng(seed))
     is_issue = (knn.is_issue & probe.is_issue) if rule == "agree" else (
         knn.is_issue | probe.is_issue)
@@ -208,9 +210,6 @@ def combine_detections(knn: Detection, probe: Detection, labels: np.ndarray, *,
     suggested = np.where(is_issue, np.where(use_knn, knn.suggested, probe.suggested), y)
     confidence = np.where(is_issue, np.where(use_knn, knn.confidence, probe.confidence),
                           (knn.label_score + probe.label_score) / 2.0)
-    scores = None
-    if knn.class_scores is not None and probe.class_scores is not None:
-        scores = (knn.class_scores.astype(np.float64) + probe.class_scores) / 2.0
     return Detection(is_issue, (knn.label_score + probe.label_score) / 2.0,
                      suggested.astype(np.int64), confidence, rates, scores)
 

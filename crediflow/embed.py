@@ -13,7 +13,6 @@ import hashlib
 import importlib.util
 import itertools
 import json
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from crediflow.cpus import available_cpus
 from crediflow.errors import CrediflowError, InputError
 from crediflow.formats import hash_strings
 from crediflow.shards import write_shard
@@ -317,18 +317,6 @@ def _fingerprint(folder: Path, model_dir: Path) -> str:
             while chunk := fh.read(1 << 22):
                 digest.update(chunk)
     return digest.hexdigest()
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: its affinity set, capped by a cgroup CPU quota if any."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cpus = min(cpus or 1, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cpus or 1)
 
 
 def load_encoder(

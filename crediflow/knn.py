@@ -3,7 +3,6 @@ HOC rounds and the detection epochs: exact for small N, a recall-checked faiss I
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -11,6 +10,7 @@ import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from crediflow.cpus import available_cpus
 from crediflow.errors import InputError
 
 METHODS = ("auto", "exact", "ivf")
@@ -31,10 +31,6 @@ class KnnGraph:
     recall: float | None  # measured recall@k against exact search on a sample (ivf only)
     nprobe: int | None = None  # inverted lists probed per query (ivf only)
     nlist: int | None = None  # inverted lists (ivf only)
-
-    @property
-    def k(self) -> int:
-        return int(self.indices.shape[1])
 
 
 def knn_graph(
@@ -278,7 +274,7 @@ def _scan(x: np.ndarray, probes: np.ndarray, cells: _Cells,
         r, j = np.nonzero(block >= threshold[rows, None])
         return rows[r], members[j], block[r, j]
 
-    workers = max(1, len(os.sched_getaffinity(0)))
+    workers = available_cpus()
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
         list(pool.map(own_cell, range(len(cells.bounds) - 1)))
         threshold = own_sims.min(axis=1)  # -inf where the own cell has fewer than k others

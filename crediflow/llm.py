@@ -80,7 +80,10 @@ def load_causal_lm(
             raise InputError("this folder holds files that are not a converted model; "
                              "choose an empty or new cache_dir", file=str(folder))
         _convert_gguf(gguf, folder)
-    return _load_hf(str(folder))
+    model, tokenizer = _load_hf(str(folder))
+    # from_pretrained names the model after the cache folder; keep the source's name instead
+    model.config.name_or_path = name
+    return model, tokenizer
 
 
 def _source_stamp(gguf: Path) -> dict[str, Any]:
@@ -114,9 +117,7 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     settings = loaded.config.to_dict()
     settings.pop("quantization_config", None)
     settings["dtype"] = "float32"
-    config = type(loaded.config)(**settings)
-    config.name_or_path = gguf.name[: -len(".gguf")]
-    model = type(loaded)(config)
+    model = type(loaded)(type(loaded.config)(**settings))
     model.load_state_dict(loaded.state_dict())
     del loaded
 

@@ -169,7 +169,7 @@ class RatingCache:
         self._index = pd.Index([], dtype=object)
         self._expected = np.empty(0)
         self._argmax = np.empty(0, dtype=np.int64)
-        self._probs = np.empty(0, dtype=object)
+        self._probs = np.empty((0, 0))  # NaN-padded rows: shards may hold different widths
 
     def __len__(self) -> int:
         self._refresh()
@@ -204,13 +204,14 @@ class RatingCache:
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(found (N,), expected (N,) float NaN if absent, argmax (N,) int -1 if absent,
-        probs (N,) object: each an array, or None when absent or not stored)."""
+        probs (N, W) float: each row's stored probabilities, NaN-padded to the widest stored;
+        all NaN when absent or not stored)."""
         self._refresh()
         where = self._index.get_indexer(np.asarray(keys, dtype=object))
         found = where >= 0
         n = len(where)
         expected, argmax = np.full(n, np.nan), np.full(n, -1, dtype=np.int64)
-        probs = np.full(n, None, dtype=object)
+        probs = np.full((n, self._probs.shape[1]), np.nan)
         expected[found] = self._expected[where[found]]
         argmax[found] = self._argmax[where[found]]
         probs[found] = self._probs[where[found]]
@@ -280,15 +281,21 @@ class RatingCache:
         new = (self._index.get_indexer(keys) < 0) & ~keys.duplicated()
         if not new.any():
             return
-        probs = np.full(len(keys), None, dtype=object)
+        probs = np.empty((len(keys), 0))
         if "probs" in table.column_names:
             column = table.column("probs").combine_chunks()
-            matrix = column.flatten().to_numpy().reshape(len(column), -1)
-            probs[:] = list(matrix)
+            probs = column.flatten().to_numpy().reshape(len(column), -1)
+        width = max(self._probs.shape[1], probs.shape[1])
         self._index = self._index.append(keys[new])
         self._expected = np.concatenate([self._expected, table.column("expected").to_numpy()[new]])
         self._argmax = np.concatenate([self._argmax, table.column("argmax").to_numpy()[new]])
-        self._probs = np.concatenate([self._probs, probs[new]])
+        self._probs = np.concatenate([_pad(self._probs, width), _pad(probs[new], width)])
+
+
+def _pad(matrix: np.ndarray, width: int) -> np.ndarray:
+    """`matrix` with NaN columns appended up to `width`."""
+    return np.pad(matrix.astype(np.float64), ((0, 0), (0, width - matrix.shape[1])),
+                  constant_values=np.nan)
 
 
 def _ratings_from_cache(
@@ -297,9 +304,9 @@ def _ratings_from_cache(
     """(found mask, Ratings whose found rows are filled in) for `keys`."""
     found, expected, argmax, stored = cache.lookup(keys)
     probs = np.zeros((len(keys), len(scores)))
-    has_probs = np.array([p is not None and len(p) == len(scores) for p in stored], dtype=bool)
+    has_probs = found & (np.sum(~np.isnan(stored), axis=1) == len(scores))
     if has_probs.any():
-        probs[has_probs] = np.stack(list(stored[has_probs]))
+        probs[has_probs] = stored[has_probs, :len(scores)]
     one_hot = found & ~has_probs
     probs[one_hot] = _one_hot(argmax[one_hot], scores)
     return found, Ratings(expected=expected, argmax=argmax, probs=probs)

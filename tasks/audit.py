@@ -9,37 +9,16 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from crediflow.audit_table import audit_label_column
-from crediflow.errors import InputError
 from tasks.config import stage_params
-from tasks.embed import read_vectors
+from tasks.embed import aligned_vectors
 from tasks.io import atomic_dir, write_json, write_parquet
 from tasks.plots import transition_heatmap
 from tasks.stage import project_path, stage_main
 
 log = logging.getLogger("crediflow.audit")
-
-
-def aligned_vectors(records: pa.Table, embeddings_path) -> np.ndarray:
-    """The embedding of each record, in record order; an error when the two stages disagree."""
-    ids, vectors = read_vectors(embeddings_path)
-    record_ids = records.column("id").combine_chunks()
-    if len(ids) == len(record_ids) and ids.equals(record_ids):
-        return vectors
-    position = pc.index_in(record_ids, value_set=ids)
-    missing = pc.is_null(position).to_numpy(zero_copy_only=False)
-    if missing.any():
-        examples = record_ids.filter(pa.array(missing)).slice(0, 3).to_pylist()
-        raise InputError(
-            f"{int(missing.sum())} ingested record(s) have no embedding (e.g. {examples}); "
-            "the embeddings are stale: rerun the embed stage",
-            file=str(embeddings_path), field="id",
-        )
-    return vectors[position.to_numpy()]
 
 
 def run() -> dict:

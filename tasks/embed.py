@@ -10,9 +10,11 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from crediflow.embed import EmbeddingCache, conversation_texts, embed_texts, load_encoder
+from crediflow.errors import InputError
 from tasks.config import stage_params
 from tasks.io import atomic_dir, write_json, write_parquet
 from tasks.stage import project_path, stage_main
@@ -33,6 +35,24 @@ def read_vectors(path) -> tuple[pa.Array, np.ndarray]:
     vector = table.column("vector").combine_chunks()
     matrix = vector.flatten().to_numpy().reshape(len(vector), vector.type.list_size)
     return table.column("id").combine_chunks(), matrix
+
+
+def aligned_vectors(records: pa.Table, embeddings_path) -> np.ndarray:
+    """The embedding of each record, in record order; an error when the two stages disagree."""
+    ids, vectors = read_vectors(embeddings_path)
+    record_ids = records.column("id").combine_chunks()
+    if len(ids) == len(record_ids) and ids.equals(record_ids):
+        return vectors
+    position = pc.index_in(record_ids, value_set=ids)
+    missing = pc.is_null(position).to_numpy(zero_copy_only=False)
+    if missing.any():
+        examples = record_ids.filter(pa.array(missing)).slice(0, 3).to_pylist()
+        raise InputError(
+            f"{int(missing.sum())} ingested record(s) have no embedding (e.g. {examples}); "
+            "the embeddings are stale: rerun the embed stage",
+            file=str(embeddings_path), field="id",
+        )
+    return vectors[position.to_numpy()]
 
 
 def run() -> dict:

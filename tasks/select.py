@@ -10,14 +10,13 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from crediflow.curation import curate_and_select
 from crediflow.embed import conversation_texts
 from crediflow.errors import InputError
-from tasks.audit import aligned_vectors
 from tasks.config import stage_params
+from tasks.embed import aligned_vectors
 from tasks.io import atomic_dir, write_json, write_parquet
 from tasks.plots import rating_histograms, transition_heatmap
 from tasks.stage import project_path, stage_main
@@ -39,13 +38,13 @@ def rate(records: pa.Table, params: dict) -> tuple[np.ndarray, np.ndarray | None
 
     texts = conversation_texts(records.column("messages"))
     if kind == "hf":
-        from crediflow.llm import load_causal_lm
+        from crediflow.llm import DEFAULT_LLM, load_causal_lm
 
         model, tokenizer = load_causal_lm(params.get("model"))
         rater = HFRater(model, tokenizer, max_prompt_tokens=int(params["max_prompt_tokens"]),
                         batch_size=int(params["batch_size"]),
                         cache=RatingCache(project_path(params["cache"]), "hf"),
-                        model_id=str(params.get("model") or "SmolLM2-135M-Instruct"),
+                        model_id=str(params.get("model") or DEFAULT_LLM),
                         **_given(params, template="template", answer_prefix="answer_prefix"))
     elif kind == "openai":
         rater = OpenAIRater(params["base_url"], params["openai_model"],
@@ -128,9 +127,8 @@ def run() -> dict:
         transition_heatmap(result.T, classes, reports / "transition_matrix.png",
                            title="Estimated rating transition matrix")
         write_json(reports / "metrics.json", metrics)
-    kept = pc.sum(selected.column("selected")).as_py()
     log.info("select: %d of %d rows selected, %d ratings moved by curation (credibility %.3f)",
-             kept, records.num_rows, moved, result.credibility)
+             metrics["selected"], records.num_rows, moved, result.credibility)
     return metrics
 
 
