@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 
 install: $(STAMP)
 
-data/raw/demo.jsonl: crediflow/demo.py | $(STAMP)
-	$(ENV) && python -m crediflow.demo --out data/raw/demo.jsonl --truth data/truth/demo_labels.csv
+data/raw/demo.jsonl: crediflow/synthetic/demo.py | $(STAMP)
+	$(ENV) && python -m crediflow.synthetic.demo --out data/raw/demo.jsonl --truth data/truth/demo_labels.csv
 
 # Build the demo data, initialise Airflow's SQLite DB, run DAG `curate`, say where to look.
 demo: data/raw/demo.jsonl | $(STAMP)

@@ -72,8 +72,10 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args()
 
-    from crediflow.credibility import audit_labels, credibility_score
-    from crediflow.embed import EmbeddingCache, embed_texts, load_encoder
+    from crediflow.audit.credibility import audit_labels, credibility_score
+    from crediflow.data.cache import EmbeddingCache
+    from crediflow.embed.embed import embed_texts
+    from crediflow.models.encoder import load_encoder
 
     data = reviews(args.limit)
     texts = data["text"].astype(str).tolist()

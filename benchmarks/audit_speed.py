@@ -28,10 +28,10 @@ def run_one(rows: int, dim: int, k: int, seed: int) -> dict:
     """Generate the data, audit it phase by phase, and return the measurements."""
     import faiss
 
-    from crediflow.credibility import clustered_embeddings, noisy_labels
-    from crediflow.detect import knn_detect
-    from crediflow.hoc import consensus_from_graph, credibility_score, fit_transition
-    from crediflow.knn import knn_graph
+    from crediflow.core.detect import knn_detect
+    from crediflow.core.hoc import consensus_from_graph, credibility_score, fit_transition
+    from crediflow.core.knn import knn_graph
+    from crediflow.synthetic.noise import clustered_embeddings, noisy_labels
 
     T0 = np.array([[0.8, 0.2], [0.2, 0.8]])
     load_before = os.getloadavg()

@@ -162,7 +162,7 @@ def main() -> None:
 
     import torch
 
-    from crediflow.embed import load_encoder, resolve_encoder
+    from crediflow.models.encoder import load_encoder, resolve_encoder
 
     start = time.perf_counter()
     ours = load_encoder(threads=args.threads)

@@ -44,7 +44,7 @@ def main() -> None:
         generate(Path(args.generate), args.rows)
         return
 
-    from crediflow.ingest import ingest
+    from crediflow.ingest.ingest import ingest
     from tasks.io import write_parquet
 
     with tempfile.TemporaryDirectory() as tmp:

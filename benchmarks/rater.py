@@ -203,8 +203,9 @@ def measure(texts_count: int = 48, demo_count: int = 96, skip_conversion: bool =
     start = time.perf_counter()
     import torch
 
-    from crediflow.llm import load_causal_lm
-    from crediflow.raters import DEFAULT_TEMPLATE, HFRater
+    from crediflow.models.causal_lm import load_causal_lm
+    from crediflow.select.raters.hf import HFRater
+    from crediflow.select.raters.prompts import DEFAULT_TEMPLATE
     import_s = time.perf_counter() - start
     if threads:
         torch.set_num_threads(threads)

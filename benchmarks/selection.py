@@ -30,8 +30,8 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/select.json")
     args = parser.parse_args()
 
-    from crediflow.credibility import clustered_embeddings, noisy_labels
-    from crediflow.curation import curate_and_select
+    from crediflow.select.curation import curate_and_select
+    from crediflow.synthetic.noise import clustered_embeddings, noisy_labels
 
     x, true = clustered_embeddings(args.rows, 384, 5, clusters_per_class=8, seed=0)
     T = np.zeros((5, 5))

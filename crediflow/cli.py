@@ -11,8 +11,8 @@ from crediflow.errors import CrediflowError
 
 
 def _audit(args: argparse.Namespace) -> None:
-    from crediflow.audit_table import audit_label_column
-    from crediflow.tables import column_values, read_table, write_table
+    from crediflow.audit.table import audit_label_column
+    from crediflow.data.tables import column_values, read_table, write_table
 
     table = read_table(args.file)
     labels = column_values(args.file, table, args.label_column)
@@ -29,8 +29,10 @@ def _audit(args: argparse.Namespace) -> None:
 
 def _embed_file(args: argparse.Namespace, table) -> tuple[list[str], np.ndarray]:
     """Each row's text (its conversation, or --text-column) and its embedding."""
-    from crediflow.embed import conversation_texts, embed_texts, load_encoder
-    from crediflow.tables import column_values, table_messages
+    from crediflow.data.tables import column_values, table_messages
+    from crediflow.data.texts import conversation_texts
+    from crediflow.embed.embed import embed_texts
+    from crediflow.models.encoder import load_encoder
 
     messages = table_messages(args.file, table)
     if messages is not None:
@@ -49,10 +51,10 @@ def _embed_file(args: argparse.Namespace, table) -> tuple[list[str], np.ndarray]
 def _select(args: argparse.Namespace) -> None:
     import pyarrow as pa
 
-    from crediflow.curation import curate_and_select
+    from crediflow.data.tables import column_values, read_table, write_table
     from crediflow.errors import InputError
-    from crediflow.select import budget_count
-    from crediflow.tables import column_values, read_table, write_table
+    from crediflow.select.curation import curate_and_select
+    from crediflow.select.selection import budget_count
 
     table = read_table(args.file)
     raw = column_values(args.file, table, args.rating_column)

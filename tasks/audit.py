@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import pyarrow.parquet as pq
 
-from crediflow.audit_table import audit_label_column
+from crediflow.audit.table import audit_label_column
 from tasks.config import stage_params
 from tasks.embed import aligned_vectors
 from tasks.io import atomic_dir, write_json, write_parquet

@@ -13,8 +13,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from crediflow.embed import EmbeddingCache, conversation_texts, embed_texts, load_encoder
+from crediflow.data.cache import EmbeddingCache
+from crediflow.data.texts import conversation_texts
+from crediflow.embed.embed import embed_texts
 from crediflow.errors import InputError
+from crediflow.models.encoder import load_encoder
 from tasks.config import stage_params
 from tasks.io import atomic_dir, write_json, write_parquet
 from tasks.stage import project_path, stage_main

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from crediflow.errors import InputError
-from crediflow.fix import plan_fixes, score_fixes
+from crediflow.fix.plan import plan_fixes, score_fixes
 from tasks.config import stage_params
 from tasks.io import atomic_dir, write_json, write_parquet
 from tasks.stage import project_path, stage_main

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from crediflow.ingest import ingest
+from crediflow.ingest.ingest import ingest
 from tasks.config import stage_params
 from tasks.io import atomic_dir, write_json, write_parquet
 from tasks.stage import project_path, stage_main

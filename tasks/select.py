@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from crediflow.curation import curate_and_select
-from crediflow.embed import conversation_texts
+from crediflow.data.texts import conversation_texts
 from crediflow.errors import InputError
+from crediflow.select.curation import curate_and_select
 from tasks.config import stage_params
 from tasks.embed import aligned_vectors
 from tasks.io import atomic_dir, write_json, write_parquet
@@ -34,11 +34,13 @@ def rate(records: pa.Table, params: dict) -> tuple[np.ndarray, np.ndarray | None
             raise InputError(f"{ratings.null_count} record(s) have no rating and select.rater "
                              "is 'column'; choose the hf or openai rater", field="rating")
         return ratings.to_numpy().astype(float), None, {}
-    from crediflow.raters import HFRater, OpenAIRater, RatingCache
+    from crediflow.data.cache import RatingCache
+    from crediflow.select.raters.hf import HFRater
+    from crediflow.select.raters.openai_api import OpenAIRater
 
     texts = conversation_texts(records.column("messages"))
     if kind == "hf":
-        from crediflow.llm import DEFAULT_LLM, load_causal_lm
+        from crediflow.models.causal_lm import DEFAULT_LLM, load_causal_lm
 
         model, tokenizer = load_causal_lm(params.get("model"))
         rater = HFRater(model, tokenizer, max_prompt_tokens=int(params["max_prompt_tokens"]),

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from crediflow.cli import main
-from crediflow.demo import build_demo_records
+from crediflow.synthetic.demo import build_demo_records
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from crediflow.demo import write_demo
+from crediflow.synthetic.demo import write_demo
 from tasks.settings import PROJECT_ROOT, project_root
 
 BIN = Path(sys.executable).parent

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from crediflow.credibility import clustered_embeddings, noisy_labels
+from crediflow.data.schema import RECORD_SCHEMA
 from crediflow.errors import InputError
-from crediflow.records import RECORD_SCHEMA
+from crediflow.synthetic.noise import clustered_embeddings, noisy_labels
 from tasks.embed import vectors_table
 from tasks.settings import PROJECT_ROOT
 

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from crediflow.credibility import clustered_embeddings
+from crediflow.data.schema import RECORD_SCHEMA
 from crediflow.errors import InputError
-from crediflow.raters import HFRater
-from crediflow.records import RECORD_SCHEMA
+from crediflow.select.raters.hf import HFRater
+from crediflow.synthetic.noise import clustered_embeddings
 from tasks.embed import vectors_table
 from tasks.select import rate, run
 from tasks.settings import PROJECT_ROOT

@@ -1,0 +1,1 @@
+"""Shared maths: the k-NN graph, HOC, label-vote detection and the checks they share."""

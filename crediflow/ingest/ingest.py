@@ -1,0 +1,183 @@
+"""Ingest: every source file to canonical records, with exact duplicates dropped and every
+rejected row accounted for."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from crediflow.data.contract import check_contract, contract_frame, contract_rules
+from crediflow.data.formats import (
+    FORMAT_NAMES,
+    NO_FORMAT,
+    detect_formats,
+    hash_strings,
+    normalized_text,
+    to_messages,
+)
+from crediflow.data.readers import list_source_files, read_source_file
+from crediflow.data.schema import RECORD_SCHEMA, REJECT_SCHEMA
+from crediflow.errors import TooManyRejectsError
+
+
+@dataclass
+class IngestResult:
+    """Canonical records, rejected rows, and the numbers that describe the run."""
+
+    records: pa.Table
+    rejected: pa.Table
+    metrics: dict
+    validation: dict
+
+
+@dataclass
+class _Origin:
+    """Where each row came from, aligned with a table's rows."""
+
+    file: np.ndarray  # index into the list of paths
+    row: np.ndarray
+    line: np.ndarray  # -1 where the format has no lines
+
+    def take(self, idx: np.ndarray) -> _Origin:
+        return _Origin(self.file[idx], self.row[idx], self.line[idx])
+
+    def rejects(self, idx: np.ndarray, paths: Sequence[str], field: str,
+                reasons: Sequence[str]) -> list[dict]:
+        return [
+            {"row": int(self.row[i]), "file": paths[self.file[i]],
+             "line": int(self.line[i]) if self.line[i] >= 0 else None,
+             "field": field, "reason": reason}
+            for i, reason in zip(idx, reasons, strict=True)
+        ]
+
+
+def ingest(
+    source: str,
+    *,
+    classes: Sequence[str] | None = None,
+    rating_range: Sequence[float] | None = None,
+    max_reject_fraction: float = 0.05,
+) -> IngestResult:
+    """Read every file under `source`, map it to canonical records and validate them.
+
+    Raises `TooManyRejectsError` when the rejected share of rows passes `max_reject_fraction`.
+    """
+    fs, paths = list_source_files(source)
+    files = [read_source_file(fs, path) for path in paths]
+    paths = [f.path for f in files]  # URLs for remote files
+    rejects = [r for f in files for r in f.rejects]
+    raw = pa.concat_tables([f.table for f in files])
+    origin = _Origin(
+        np.repeat(np.arange(len(files)), [f.table.num_rows for f in files]),
+        np.concatenate([f.rows for f in files]),
+        np.concatenate([f.lines if f.lines is not None else np.full(f.table.num_rows, -1)
+                        for f in files]),
+    )
+
+    formats = detect_formats(raw)
+    unknown = np.flatnonzero(formats == NO_FORMAT)
+    rejects += origin.rejects(
+        unknown, paths, "messages",
+        ["no conversation: expected messages, conversations, instruction/output or "
+         "prompt/response"] * len(unknown),
+    )
+    known = np.flatnonzero(formats != NO_FORMAT)
+    raw, formats, origin = raw.take(pa.array(known)), formats[known], origin.take(known)
+    messages = to_messages(raw, formats)
+    label = pc.utf8_trim_whitespace(raw.column("label").combine_chunks())
+    rating, group = raw.column("rating").combine_chunks(), raw.column("group").combine_chunks()
+    # a record's key covers everything but its id: equal keys are exact duplicates
+    record_key = hash_strings(pc.binary_join_element_wise(
+        normalized_text(messages),
+        *(pc.fill_null(c.cast(pa.string()), "") for c in (label, rating, group)),
+        "\x1d",
+    ))
+    given_id = pc.utf8_trim_whitespace(raw.column("id").combine_chunks())
+    records = pa.table(
+        {
+            "id": pc.if_else(pc.fill_null(pc.utf8_length(given_id), 0).cast(pa.bool_()),
+                             given_id, record_key),
+            "messages": messages,
+            "label": label,
+            "rating": rating,
+            "group": group,
+            "source": pa.array(np.asarray(paths, dtype=object)[origin.file], pa.string()),
+        },
+        schema=RECORD_SCHEMA,
+    )
+
+    exact = record_key.to_pandas().duplicated(keep="first").to_numpy()
+    keep = np.flatnonzero(~exact)
+    n_duplicates = int(exact.sum())
+    records, formats, origin = records.take(pa.array(keep)), formats[keep], origin.take(keep)
+
+    # the same id on different content: the first one stands, later ones are rejected
+    ids = records.column("id").to_pandas()
+    clash = np.flatnonzero(ids.duplicated(keep="first").to_numpy())
+    first = ids.drop_duplicates(keep="first")
+    first_at = pd.Series(np.flatnonzero(~ids.duplicated(keep="first").to_numpy()), index=first)
+    rejects += origin.rejects(
+        clash, paths, "id",
+        [f"duplicate id {ids.iat[i]!r} "
+         f"(first seen in {_where(origin, paths, first_at[ids.iat[i]])})" for i in clash],
+    )
+    keep = np.setdiff1d(np.arange(records.num_rows), clash)
+    records, formats, origin = records.take(pa.array(keep)), formats[keep], origin.take(keep)
+
+    frame = contract_frame(records)
+    contract = check_contract(frame, contract_rules(classes, rating_range))
+    bad = np.zeros(records.num_rows, bool)
+    for rule, idx in contract.failures:
+        idx = idx[~bad[idx]]  # one reject per row: the first rule it breaks
+        values = frame[rule.column].to_numpy()[idx]
+        rejects += origin.rejects(idx, paths, rule.field, [rule.reason(v) for v in values])
+        bad[idx] = True
+    good = np.flatnonzero(~bad)
+    records, formats = records.take(pa.array(good)), formats[good]
+
+    rejected = pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA).sort_by(
+        [("file", "ascending"), ("row", "ascending")])
+    n_read = records.num_rows + n_duplicates + rejected.num_rows
+    fraction = rejected.num_rows / n_read if n_read else 1.0
+    metrics = {
+        "files": len(paths),
+        "rows_read": n_read,
+        "rows_out": records.num_rows,
+        "rejected": rejected.num_rows,
+        "reject_fraction": round(fraction, 6),
+        "duplicates_dropped": n_duplicates,
+        "formats": {FORMAT_NAMES[c]: int(n) for c, n in zip(*np.unique(formats, return_counts=True),
+                                                            strict=True)},
+        "labels": dict(Counter(records.column("label").to_pylist())) if records.num_rows else {},
+        "reject_reasons": dict(Counter(f"{r['field'] or 'row'}: {r['reason'].split(' (')[0]}"
+                                       for r in rejects).most_common(10)),
+        "rows_breaking_contract": int(bad.sum()),
+    }
+    metrics["labels"] = {str(k): v for k, v in metrics["labels"].items()}
+    if records.num_rows == 0 or fraction > max_reject_fraction:
+        raise TooManyRejectsError(_too_many(rejected, fraction, max_reject_fraction, source))
+    return IngestResult(records, rejected, metrics, contract.summary)
+
+
+def _where(origin: _Origin, paths: Sequence[str], i: int) -> str:
+    line = origin.line[i]
+    return f"{paths[origin.file[i]]} " + (f"line {line}" if line >= 0 else f"row {origin.row[i]}")
+
+
+def _too_many(rejected: pa.Table, fraction: float, limit: float, source: str) -> str:
+    lines = [
+        f"ingest rejected {rejected.num_rows} row(s) of {source} ({fraction:.1%}), more than "
+        f"ingest.max_reject_fraction ({limit:.1%}); nothing was written. First rejects:"
+    ]
+    for r in rejected.slice(0, 10).to_pylist():
+        where = f"line {r['line']}" if r["line"] is not None else (
+            f"row {r['row']}" if r["row"] is not None else "whole file")
+        field = f", field {r['field']!r}" if r["field"] else ""
+        lines.append(f"  {r['file']} {where}{field}: {r['reason']}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Model loading: the sentence encoder and causal language models, from local files only."""
