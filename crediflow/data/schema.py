@@ -53,3 +53,35 @@ RAW_SCHEMA = pa.schema(
         pa.field("group", pa.string()),
     ]
 )
+
+
+# Column names: every stage's columns, named once. Stages and their consumers use these
+# constants, never the strings.
+
+# the canonical record (ingest)
+ID, MESSAGES_COLUMN, LABEL, RATING, GROUP, SOURCE = RECORD_SCHEMA.names
+ROLE, CONTENT = "role", "content"
+
+# embed
+VECTOR = "vector"
+
+# audit: per-row verdicts (null on unlabelled rows)
+LABEL_ISSUE = "label_issue"
+LABEL_SCORE = "label_score"
+SUGGESTED_LABEL = "suggested_label"
+SUGGESTION_CONFIDENCE = "suggestion_confidence"
+AUDIT_COLUMNS = (LABEL_ISSUE, LABEL_SCORE, SUGGESTED_LABEL, SUGGESTION_CONFIDENCE)
+
+# fix: the label before the fix; the changelog
+ORIGINAL_LABEL = "original_label"
+OLD, NEW, CONFIDENCE, ACTION = "old", "new", "confidence", "action"
+TRUE_LABEL = "true_label"  # a truth side file: id, true_label
+
+# select
+RATING_EXPECTED = "rating_expected"
+RATING_ARGMAX = "rating_argmax"
+CURATED_RATING = "curated_rating"
+LONG_TAIL_SCORE = "long_tail_score"
+SELECTED = "selected"
+SELECT_COLUMNS = (RATING, RATING_EXPECTED, RATING_ARGMAX, CURATED_RATING, LONG_TAIL_SCORE,
+                  SELECTED)
