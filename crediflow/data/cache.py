@@ -1,11 +1,17 @@
 """Append-only caches kept as Parquet shards in a folder: each write is a new file, whole or
-absent (temporary name, then a rename), so concurrent writers never see half a shard."""
+absent (temporary name, then a rename), so concurrent writers never see half a shard.
+
+`ShardCache` is the one implementation; `EmbeddingCache` (vectors by content key) and
+`RatingCache` (ratings by content hash) only name its columns and check their arguments.
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -31,47 +37,285 @@ def write_shard(folder: Path, table: pa.Table) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class Column:
+    """A value column of a `ShardCache`.
 
-class EmbeddingCache:
-    """Vectors by content key on disk, one Parquet shard per `add`, one folder per model.
+    name: the Parquet column. dtype: its numpy type. fill: the value of absent keys (and of
+    padding). vector: a fixed-size list per row (a (N, W) array) instead of a scalar (N,).
+    ragged: vectors may have different widths in different shards (narrower rows are padded
+    with `fill`); otherwise every shard must have the same width. optional: a shard may lack
+    the column (its rows hold `fill`).
+    """
+
+    name: str
+    dtype: type[np.generic]
+    fill: float
+    vector: bool = False
+    ragged: bool = False
+    optional: bool = False
+
+
+class ShardCache:
+    """Rows by string key in a folder of Parquet shards: a `key` column and fixed-width numeric
+    value columns (`Column`), one shard per `append`, plus `metadata` in every shard's schema.
 
     Shards are written atomically (temporary file, then rename), so a crashed run leaves no
-    partial shard and concurrent runs never overwrite each other; a key in several shards is
-    read once. Shards written by other processes are picked up at the next `lookup`.
+    partial shard and concurrent runs never overwrite each other. Shards written by other
+    processes are read at the next `locate`, `append` or `len`. A key in several shards (or
+    repeated in one) is kept once: the first one read.
+
+    In memory, each column is one growable buffer with spare capacity (doubled when full) and
+    keys map to buffer rows through a dict that only ever grows, so taking in a shard copies
+    that shard's rows and, amortised, a constant number of held rows: linear in the shard, not
+    in the cache. The exception is a ragged column getting wider, which copies that column
+    once per new width. `copied_bytes` counts the bytes of held values copied so far.
     """
+
+    def __init__(
+        self,
+        folder: Path,
+        columns: Sequence[Column],
+        *,
+        metadata: Mapping[str, str],
+        owner: str,
+        label: str,
+    ) -> None:
+        """`metadata` is written into every shard, and a shard whose metadata differs belongs
+        to another `owner` (an error); `label` names the cache in messages."""
+        self.folder = Path(folder)
+        self.columns = tuple(columns)
+        self.metadata = dict(metadata)
+        self.owner, self.label = owner, label
+        self.copied_bytes = 0
+        self._seen: set[str] = set()
+        self._rows: dict[str, int] = {}
+        self._size = 0
+        self._widths: dict[str, int | None] = {c.name: None for c in self.columns if c.vector}
+        self._buffers = {c.name: np.empty((0, 0) if c.vector else 0, dtype=c.dtype)
+                         for c in self.columns}
+
+    def __len__(self) -> int:
+        self._refresh()
+        return self._size
+
+    def width(self, name: str) -> int | None:
+        """The width of vector column `name` (the widest, if ragged); None while unknown."""
+        return self._widths[name]
+
+    def locate(self, keys: np.ndarray | Sequence[str]) -> np.ndarray:
+        """The row of each key (int64 (N,)), -1 for keys not held."""
+        self._refresh()
+        return self._locate(_key_list(keys))
+
+    def gather(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Each column's values at `rows` (from `locate`); rows of -1 get the column's fill."""
+        rows = np.asarray(rows, dtype=np.int64)
+        hit = rows >= 0
+        out = {}
+        for column in self.columns:
+            held = self._buffers[column.name][: self._size]
+            if hit.all():
+                out[column.name] = held[rows]
+            else:
+                values = np.full((len(rows), *held.shape[1:]), column.fill, dtype=column.dtype)
+                values[hit] = held[rows[hit]]
+                out[column.name] = values
+        return out
+
+    def append(
+        self,
+        keys: np.ndarray | Sequence[str],
+        values: Mapping[str, np.ndarray | None],
+        *,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int:
+        """Store the rows of keys not held yet as one new shard; return how many were stored.
+
+        `values` holds one array per column, aligned with `keys` (None or absent for an
+        optional column); `metadata` is added to this shard's schema metadata.
+        """
+        keys = _key_list(keys)
+        arrays = self._arrays(len(keys), values)
+        self._refresh()
+        self._check_widths(arrays, None)
+        new = self._new(keys)
+        if not new.any():
+            return 0
+        keys = np.asarray(keys, dtype=object)[new].tolist()
+        arrays = {name: array[new] for name, array in arrays.items()}
+        table = pa.table({"key": pa.array(keys, pa.string()),
+                          **{name: _arrow(array) for name, array in arrays.items()}})
+        table = table.replace_schema_metadata({**self.metadata, **(metadata or {})})
+        try:
+            name = write_shard(self.folder, table)
+        except OSError as exc:
+            raise CrediflowError(f"cannot write the {self.label} in {self.folder}: {exc}") from exc
+        self._seen.add(name)
+        self._store(keys, arrays)
+        return len(keys)
+
+    def _arrays(self, n: int, values: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
+        """`values` as arrays of the columns' types, checked against `n` keys."""
+        unknown = set(values) - {c.name for c in self.columns}
+        if unknown:
+            raise InputError(f"the {self.label} has no column(s) {sorted(unknown)}",
+                             field="values")
+        arrays = {}
+        for column in self.columns:
+            value = values.get(column.name)
+            if value is None:
+                if not column.optional:
+                    raise InputError(f"the {self.label} needs {column.name!r}",
+                                     field=column.name)
+                continue
+            array = np.asarray(value, dtype=column.dtype)
+            if array.ndim != (2 if column.vector else 1) or len(array) != n:
+                shape = "(N, W)" if column.vector else "(N,)"
+                raise InputError(f"{column.name} must be {shape} with N = {n} keys, got shape "
+                                 f"{array.shape}", field=column.name)
+            arrays[column.name] = array
+        return arrays
+
+    def _check_widths(self, arrays: Mapping[str, np.ndarray], shard: Path | None) -> None:
+        """Refuse vectors whose width differs from the held ones (where widths must agree)."""
+        for column in self.columns:
+            held = self._widths.get(column.name)
+            if column.name not in arrays or column.ragged or held is None:
+                continue
+            width = arrays[column.name].shape[1]
+            if width == held:
+                continue
+            if shard is None:
+                raise InputError(f"{column.name} rows have width {width}, the {self.label} "
+                                 f"holds {held}", field=column.name)
+            raise InputError(f"cache shards of widths {held} and {width} in {self.folder} "
+                             f"({shard.name})", field="cache")
+
+    def _locate(self, keys: list[str]) -> np.ndarray:
+        return np.fromiter(map(self._rows.get, keys, repeat(-1)), dtype=np.int64,
+                           count=len(keys))
+
+    def _new(self, keys: list[str]) -> np.ndarray:
+        """Mask of the keys to store: not held, and first of their repeats."""
+        repeated = pd.Series(keys, dtype=object).duplicated().to_numpy()
+        return (self._locate(keys) < 0) & ~repeated
+
+    def _store(self, keys: list[str], arrays: Mapping[str, np.ndarray]) -> None:
+        """Put rows of new, distinct keys into the buffers (widths already checked)."""
+        start, stop = self._size, self._size + len(keys)
+        self._reserve(stop)
+        for column in self.columns:
+            buffer = self._buffers[column.name]
+            array = arrays.get(column.name)
+            if array is None:
+                buffer[start:stop] = column.fill
+                continue
+            if column.vector:
+                width = array.shape[1]
+                if self._widths[column.name] is None or width > buffer.shape[1]:
+                    buffer = self._widen(column, width)
+                buffer[start:stop, :width] = array
+                buffer[start:stop, width:] = column.fill
+            else:
+                buffer[start:stop] = array
+        self._rows.update(zip(keys, range(start, stop), strict=True))
+        self._size = stop
+
+    def _reserve(self, rows: int) -> None:
+        """Grow every buffer to hold at least `rows` rows, doubling the capacity."""
+        capacity = len(next(iter(self._buffers.values())))
+        if rows <= capacity:
+            return
+        capacity = max(rows, 2 * capacity, 16)
+        for name, buffer in self._buffers.items():
+            grown = np.empty((capacity, *buffer.shape[1:]), dtype=buffer.dtype)
+            grown[: self._size] = buffer[: self._size]
+            self.copied_bytes += buffer[: self._size].nbytes
+            self._buffers[name] = grown
+
+    def _widen(self, column: Column, width: int) -> np.ndarray:
+        """The buffer of vector `column` widened to `width`, the held rows padded with fill."""
+        buffer = self._buffers[column.name]
+        wider = np.full((len(buffer), width), column.fill, dtype=column.dtype)
+        wider[: self._size, : buffer.shape[1]] = buffer[: self._size]
+        self.copied_bytes += buffer[: self._size].nbytes
+        self._buffers[column.name], self._widths[column.name] = wider, width
+        return wider
+
+    def _refresh(self) -> None:
+        """Read the shards that appeared since the last call."""
+        if not self.folder.is_dir():
+            return
+        for path in sorted(self.folder.glob("*.parquet")):
+            if path.name in self._seen:
+                continue
+            keys, arrays = self._read(path)
+            self._check_widths(arrays, path)
+            new = self._new(keys)
+            self._seen.add(path.name)
+            if new.any():
+                self._store(np.asarray(keys, dtype=object)[new].tolist(),
+                            {name: array[new] for name, array in arrays.items()})
+
+    def _read(self, path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
+        """A shard's keys and value arrays, after checking that it belongs to this cache."""
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise CrediflowError(f"unreadable {self.label} shard {path}: {exc}; delete it to "
+                                 "compute those rows again") from exc
+        meta = table.schema.metadata or {}
+        if any(meta.get(k.encode(), b"").decode() != v for k, v in self.metadata.items()):
+            raise InputError(f"cache shard {path} belongs to another {self.owner}",
+                             field="cache")
+        required = ["key", *(c.name for c in self.columns if not c.optional)]
+        missing = [name for name in required if name not in table.column_names]
+        if missing:
+            raise CrediflowError(f"unreadable {self.label} shard {path}: no column(s) "
+                                 f"{missing}; delete it to compute those rows again")
+        arrays = {}
+        for column in self.columns:
+            if column.name not in table.column_names:
+                continue
+            values = table.column(column.name).combine_chunks()
+            if column.vector:
+                width = values.type.list_size
+                array = values.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+            else:
+                array = values.to_numpy(zero_copy_only=False)
+            arrays[column.name] = array.astype(column.dtype, copy=False)
+        return table.column("key").to_numpy().tolist(), arrays
+
+
+class EmbeddingCache(ShardCache):
+    """Vectors by content key on disk, one Parquet shard per `add`, one folder per model
+    (a `ShardCache` with one float32 vector column, `vector`)."""
 
     def __init__(self, folder: Path, model_id: str) -> None:
         if not model_id:
             raise InputError("the cache needs a model id", field="model_id")
         self.model_id = model_id
         model_key = hash_strings(pa.array([model_id])).to_pylist()[0][:16]
-        self.folder = Path(folder) / model_key
-        self._seen: set[str] = set()
-        self._index = pd.Index([], dtype=object)
-        self._vectors = np.empty((0, 0), dtype=np.float32)
+        super().__init__(Path(folder) / model_key,
+                         [Column("vector", np.float32, np.nan, vector=True)],
+                         metadata={"model_id": model_id}, owner="model", label="embedding cache")
 
     @property
     def dim(self) -> int | None:
         """Width of the cached vectors, None while the cache is empty."""
-        return self._vectors.shape[1] if len(self._index) else None
-
-    def __len__(self) -> int:
-        self._refresh()
-        return len(self._index)
+        return self.width("vector")
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found mask aligned with `keys`, vectors of the found keys in their order)."""
-        self._refresh()
-        keys = np.asarray(keys)
-        if not len(self._index):
-            return np.zeros(len(keys), dtype=bool), np.empty((0, 0), dtype=np.float32)
-        where = self._index.get_indexer(keys)
-        found = where >= 0
-        return found, self._vectors[where[found]]
+        rows = self.locate(keys)
+        found = rows >= 0
+        if self.dim is None:
+            return found, np.empty((0, 0), dtype=np.float32)
+        return found, self.gather(rows[found])["vector"]
 
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Store the vectors of keys not cached yet, as one new shard."""
-        keys = np.asarray(keys)
         vectors = np.asarray(vectors)
         if vectors.ndim != 2 or len(vectors) != len(keys):
             raise InputError(f"need one vector per key: {len(keys)} keys, vectors of shape "
@@ -81,74 +325,27 @@ class EmbeddingCache:
                              f"{self.dim}", field="vectors")
         if not np.isfinite(vectors).all():
             raise InputError("refusing to cache NaN or infinite vectors", field="vectors")
-        self._refresh()
-        new = (self._index.get_indexer(keys) < 0) & ~pd.Index(keys).duplicated()
-        if not new.any():
-            return
-        keys, vectors = keys[new], vectors[new].astype(np.float32, copy=False)
-        dim = vectors.shape[1]
-        table = pa.table(
-            {
-                "key": pa.array(keys.astype(str), pa.string()),
-                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
-            }
-        ).replace_schema_metadata({"model_id": self.model_id, "dim": str(dim)})
-        self._seen.add(write_shard(self.folder, table))
-        self._extend(keys, vectors)
-
-    def _refresh(self) -> None:
-        """Read the shards that appeared since the last call."""
-        if not self.folder.is_dir():
-            return
-        for path in sorted(self.folder.glob("*.parquet")):
-            if path.name in self._seen:
-                continue
-            table = pq.read_table(path)
-            meta = table.schema.metadata or {}
-            if meta.get(b"model_id", b"").decode() != self.model_id:
-                raise InputError(f"cache shard {path} belongs to another model", field="cache")
-            dim = int(meta[b"dim"])
-            vectors = table.column("vector").combine_chunks().flatten().to_numpy()
-            self._seen.add(path.name)
-            self._extend(table.column("key").to_numpy(), vectors.reshape(-1, dim))
-
-    def _extend(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        if not len(keys):
-            return
-        if len(self._index) and vectors.shape[1] != self._vectors.shape[1]:
-            raise InputError(f"cache shards of widths {self._vectors.shape[1]} and "
-                             f"{vectors.shape[1]} in {self.folder}", field="cache")
-        new = (self._index.get_indexer(keys) < 0) & ~pd.Index(keys).duplicated()
-        self._index = self._index.append(pd.Index(keys[new], dtype=object))
-        self._vectors = (np.concatenate([self._vectors, vectors[new]]) if self._vectors.size
-                         else np.ascontiguousarray(vectors[new], dtype=np.float32))
+        self.append(keys, {"vector": vectors}, metadata={"dim": str(vectors.shape[1])})
 
 
-
-class RatingCache:
-    """Ratings on disk by content hash of (rater id, scope, text); one folder per rater id.
+class RatingCache(ShardCache):
+    """Ratings on disk by content hash of (rater id, scope, text); one folder per rater id
+    (a `ShardCache` with columns `expected`, `argmax` and optional ragged `probs`).
 
     `scope` is everything besides the text that changes a rating (template, model, settings);
-    the raters fill it in themselves. Each `put_many` writes one Parquet shard atomically
-    (temporary file, then rename), so a crashed run leaves no partial shard and concurrent
-    runs never overwrite each other. Shards written by other processes are read at the next
-    lookup.
+    the raters fill it in themselves. Each `put_many` writes one shard.
     """
 
     def __init__(self, folder: Path, rater_id: str) -> None:
         if not rater_id:
             raise InputError("the rating cache needs a rater id", field="rater_id")
         self.rater_id = rater_id
-        self.folder = Path(folder) / hash_strings(pa.array([rater_id])).to_pylist()[0][:16]
-        self._seen: set[str] = set()
-        self._index = pd.Index([], dtype=object)
-        self._expected = np.empty(0)
-        self._argmax = np.empty(0, dtype=np.int64)
-        self._probs = np.empty((0, 0))  # NaN-padded rows: shards may hold different widths
-
-    def __len__(self) -> int:
-        self._refresh()
-        return len(self._index)
+        super().__init__(
+            Path(folder) / hash_strings(pa.array([rater_id])).to_pylist()[0][:16],
+            [Column("expected", np.float64, np.nan), Column("argmax", np.int64, -1),
+             Column("probs", np.float64, np.nan, vector=True, ragged=True, optional=True)],
+            metadata={"rater_id": rater_id}, owner="rater", label="rating cache",
+        )
 
     def keys(self, texts: Sequence[str], *, scope: str = "") -> np.ndarray:
         """The cache key of each text: a hash of (rater id, scope, text)."""
@@ -181,16 +378,9 @@ class RatingCache:
         """(found (N,), expected (N,) float NaN if absent, argmax (N,) int -1 if absent,
         probs (N, W) float: each row's stored probabilities, NaN-padded to the widest stored;
         all NaN when absent or not stored)."""
-        self._refresh()
-        where = self._index.get_indexer(np.asarray(keys, dtype=object))
-        found = where >= 0
-        n = len(where)
-        expected, argmax = np.full(n, np.nan), np.full(n, -1, dtype=np.int64)
-        probs = np.full((n, self._probs.shape[1]), np.nan)
-        expected[found] = self._expected[where[found]]
-        argmax[found] = self._argmax[where[found]]
-        probs[found] = self._probs[where[found]]
-        return found, expected, argmax, probs
+        rows = self.locate(keys)
+        values = self.gather(rows)
+        return rows >= 0, values["expected"], values["argmax"], values["probs"]
 
     def put_keys(
         self,
@@ -215,62 +405,19 @@ class RatingCache:
         if probs is not None and (np.ndim(probs) != 2 or len(probs) != len(keys)):
             raise InputError(f"probs must be (N, S) with N = {len(keys)}, got shape "
                              f"{np.shape(probs)}", field="probs")
-        self._refresh()
-        new = (self._index.get_indexer(keys) < 0) & ~pd.Index(keys).duplicated()
-        if not new.any():
-            return
-        columns: dict[str, pa.Array] = {
-            "key": pa.array(keys[new].astype(str), pa.string()),
-            "expected": pa.array(scores[new], pa.float64()),
-            "argmax": pa.array(argmax[new].astype(np.int64), pa.int64()),
-        }
-        if probs is not None:
-            rows = np.asarray(probs, dtype=np.float64)[new]
-            columns["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel()),
-                                                                 rows.shape[1])
-        table = pa.table(columns).replace_schema_metadata({"rater_id": self.rater_id})
-        try:
-            name = write_shard(self.folder, table)
-        except OSError as exc:
-            raise CrediflowError(f"cannot write the rating cache in {self.folder}: {exc}") from exc
-        self._seen.add(name)
-        self._extend(table)
-
-    def _refresh(self) -> None:
-        """Read the shards that appeared since the last call."""
-        if not self.folder.is_dir():
-            return
-        for path in sorted(self.folder.glob("*.parquet")):
-            if path.name not in self._seen:
-                try:
-                    table = pq.read_table(path)
-                except (OSError, pa.ArrowInvalid) as exc:
-                    raise CrediflowError(f"unreadable rating cache shard {path}: {exc}; "
-                                         "delete it to rate those texts again") from exc
-                self._seen.add(path.name)
-                self._extend(table)
-
-    def _extend(self, table: pa.Table) -> None:
-        """Add a shard's rows to the in-memory index (a key already held is kept once)."""
-        keys = pd.Index(table.column("key").to_numpy(zero_copy_only=False).astype(object))
-        new = (self._index.get_indexer(keys) < 0) & ~keys.duplicated()
-        if not new.any():
-            return
-        probs = np.empty((len(keys), 0))
-        if "probs" in table.column_names:
-            column = table.column("probs").combine_chunks()
-            probs = column.flatten().to_numpy().reshape(len(column), -1)
-        width = max(self._probs.shape[1], probs.shape[1])
-        self._index = self._index.append(keys[new])
-        self._expected = np.concatenate([self._expected, table.column("expected").to_numpy()[new]])
-        self._argmax = np.concatenate([self._argmax, table.column("argmax").to_numpy()[new]])
-        self._probs = np.concatenate([_pad(self._probs, width), _pad(probs[new], width)])
+        self.append(keys, {"expected": scores, "argmax": argmax, "probs": probs})
 
 
-def _pad(matrix: np.ndarray, width: int) -> np.ndarray:
-    """`matrix` with NaN columns appended up to `width`."""
-    return np.pad(matrix.astype(np.float64), ((0, 0), (0, width - matrix.shape[1])),
-                  constant_values=np.nan)
+def _key_list(keys: np.ndarray | Sequence[str]) -> list[str]:
+    """`keys` as a list of Python str."""
+    return np.asarray(keys).astype(str, copy=False).tolist()
+
+
+def _arrow(array: np.ndarray) -> pa.Array:
+    """A column for a shard: plain, or a fixed-size list per row for a 2-D array."""
+    if array.ndim == 1:
+        return pa.array(array)
+    return pa.FixedSizeListArray.from_arrays(pa.array(array.ravel()), array.shape[1])
 
 
 def _strings(texts: Sequence[str]) -> list[str]:
