@@ -21,9 +21,18 @@ from crediflow.data.formats import (
     normalized_text,
     to_messages,
 )
-from crediflow.data.readers import list_source_files, read_source_file
-from crediflow.data.schema import RECORD_SCHEMA, REJECT_SCHEMA
-from crediflow.errors import TooManyRejectsError
+from crediflow.data.readers import RawFile, list_source_files, read_source_file
+from crediflow.data.schema import (
+    GROUP,
+    ID,
+    LABEL,
+    MESSAGES_COLUMN,
+    RATING,
+    RECORD_SCHEMA,
+    REJECT_SCHEMA,
+    SOURCE,
+)
+from crediflow.errors import InputError, TooManyRejectsError
 
 
 @dataclass
@@ -63,13 +72,20 @@ def ingest(
     classes: Sequence[str] | None = None,
     rating_range: Sequence[float] | None = None,
     max_reject_fraction: float = 0.05,
+    skip_unreadable_files: bool = False,
 ) -> IngestResult:
     """Read every file under `source`, map it to canonical records and validate them.
 
-    Raises `TooManyRejectsError` when the rejected share of rows passes `max_reject_fraction`.
+    A file that cannot be read at all (an unsupported type, a broken JSON document or Parquet
+    file, a dangling link, no permission) raises `InputError` naming it; with
+    `skip_unreadable_files` it is left out and listed in `metrics["skipped_files"]` (file,
+    bytes, reason) instead. Raises `TooManyRejectsError` when the rejected share of rows
+    passes `max_reject_fraction`.
     """
     fs, paths = list_source_files(source)
     files = [read_source_file(fs, path) for path in paths]
+    skipped = _unreadable_files(files, skip_unreadable_files)
+    files = [f for f in files if f.unreadable is None]
     paths = [f.path for f in files]  # URLs for remote files
     rejects = [r for f in files for r in f.rejects]
     raw = pa.concat_tables([f.table for f in files])
@@ -83,31 +99,31 @@ def ingest(
     formats = detect_formats(raw)
     unknown = np.flatnonzero(formats == NO_FORMAT)
     rejects += origin.rejects(
-        unknown, paths, "messages",
+        unknown, paths, MESSAGES_COLUMN,
         ["no conversation: expected messages, conversations, instruction/output or "
          "prompt/response"] * len(unknown),
     )
     known = np.flatnonzero(formats != NO_FORMAT)
     raw, formats, origin = raw.take(pa.array(known)), formats[known], origin.take(known)
     messages = to_messages(raw, formats)
-    label = pc.utf8_trim_whitespace(raw.column("label").combine_chunks())
-    rating, group = raw.column("rating").combine_chunks(), raw.column("group").combine_chunks()
+    label, group = _blank_to_null(raw.column(LABEL)), _blank_to_null(raw.column(GROUP))
+    rating = raw.column(RATING).combine_chunks()
     # a record's key covers everything but its id: equal keys are exact duplicates
     record_key = hash_strings(pc.binary_join_element_wise(
         normalized_text(messages),
         *(pc.fill_null(c.cast(pa.string()), "") for c in (label, rating, group)),
         "\x1d",
     ))
-    given_id = pc.utf8_trim_whitespace(raw.column("id").combine_chunks())
+    given_id = pc.utf8_trim_whitespace(raw.column(ID).combine_chunks())
     records = pa.table(
         {
-            "id": pc.if_else(pc.fill_null(pc.utf8_length(given_id), 0).cast(pa.bool_()),
-                             given_id, record_key),
-            "messages": messages,
-            "label": label,
-            "rating": rating,
-            "group": group,
-            "source": pa.array(np.asarray(paths, dtype=object)[origin.file], pa.string()),
+            ID: pc.if_else(pc.fill_null(pc.utf8_length(given_id), 0).cast(pa.bool_()),
+                           given_id, record_key),
+            MESSAGES_COLUMN: messages,
+            LABEL: label,
+            RATING: rating,
+            GROUP: group,
+            SOURCE: pa.array(np.asarray(paths, dtype=object)[origin.file], pa.string()),
         },
         schema=RECORD_SCHEMA,
     )
@@ -118,12 +134,12 @@ def ingest(
     records, formats, origin = records.take(pa.array(keep)), formats[keep], origin.take(keep)
 
     # the same id on different content: the first one stands, later ones are rejected
-    ids = records.column("id").to_pandas()
+    ids = records.column(ID).to_pandas()
     clash = np.flatnonzero(ids.duplicated(keep="first").to_numpy())
     first = ids.drop_duplicates(keep="first")
     first_at = pd.Series(np.flatnonzero(~ids.duplicated(keep="first").to_numpy()), index=first)
     rejects += origin.rejects(
-        clash, paths, "id",
+        clash, paths, ID,
         [f"duplicate id {ids.iat[i]!r} "
          f"(first seen in {_where(origin, paths, first_at[ids.iat[i]])})" for i in clash],
     )
@@ -154,15 +170,36 @@ def ingest(
         "duplicates_dropped": n_duplicates,
         "formats": {FORMAT_NAMES[c]: int(n) for c, n in zip(*np.unique(formats, return_counts=True),
                                                             strict=True)},
-        "labels": dict(Counter(records.column("label").to_pylist())) if records.num_rows else {},
+        "labels": dict(Counter(records.column(LABEL).to_pylist())) if records.num_rows else {},
         "reject_reasons": dict(Counter(f"{r['field'] or 'row'}: {r['reason'].split(' (')[0]}"
                                        for r in rejects).most_common(10)),
         "rows_breaking_contract": int(bad.sum()),
+        "skipped_files": skipped,
     }
     metrics["labels"] = {str(k): v for k, v in metrics["labels"].items()}
     if records.num_rows == 0 or fraction > max_reject_fraction:
         raise TooManyRejectsError(_too_many(rejected, fraction, max_reject_fraction, source))
     return IngestResult(records, rejected, metrics, contract.summary)
+
+
+def _unreadable_files(files: Sequence[RawFile], skip: bool) -> list[dict]:
+    """The files that could not be read, as metrics entries; an InputError unless `skip`."""
+    bad = [f for f in files if f.unreadable is not None]
+    if bad and not skip:
+        more = f" ({len(bad) - 1} more unreadable file(s) after this one)" if len(bad) > 1 else ""
+        raise InputError(f"cannot read this file: {bad[0].unreadable}{more}; fix or remove it, "
+                         "or set ingest.skip_unreadable_files to list such files in the "
+                         "metrics and go on", file=bad[0].path)
+    if bad and len(bad) == len(files):
+        raise InputError(f"no file of the source could be read (first: {bad[0].unreadable})",
+                         file=bad[0].path)
+    return [{"file": f.path, "bytes": f.bytes, "reason": f.unreadable} for f in bad]
+
+
+def _blank_to_null(column: pa.ChunkedArray) -> pa.Array:
+    """Trimmed text; blank text is missing (an unlabelled row, not a class '')."""
+    text = pc.utf8_trim_whitespace(column.combine_chunks())
+    return pc.if_else(pc.equal(pc.utf8_length(text), 0), pa.scalar(None, pa.string()), text)
 
 
 def _where(origin: _Origin, paths: Sequence[str], i: int) -> str:

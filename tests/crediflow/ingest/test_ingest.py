@@ -164,3 +164,95 @@ def test_reads_an_fsspec_url(chat):
     result = run("memory://bucket/feed")
     (source,) = result.records.column("source").to_pylist()
     assert source.startswith("memory://") and source.endswith("/bucket/feed/part-0.jsonl")
+
+
+@pytest.mark.parametrize(("name", "content", "reason"), [
+    ("more.jsonl.gz", b"\x1f\x8b\x08\x00 gzip bytes", "unsupported file type .gz"),
+    ("broken.json", b'[{"prompt": "p",', "malformed JSON"),
+    ("broken.parquet", b"PAR1 not really", "unreadable Parquet"),
+])
+def test_an_unreadable_file_fails_the_stage_naming_it(write_jsonl, chat, tmp_path, name,
+                                                      content, reason):
+    write_jsonl(good_rows(chat))
+    (tmp_path / "src" / name).write_bytes(content)
+    with pytest.raises(InputError, match=reason) as err:
+        run(tmp_path / "src")
+    assert name in str(err.value) and "skip_unreadable_files" in str(err.value)
+
+
+def test_skip_unreadable_files_lists_them_with_their_size(write_jsonl, chat, tmp_path):
+    write_jsonl(good_rows(chat))
+    (tmp_path / "src" / "more.jsonl.gz").write_bytes(b"0123456789")
+    result = run(tmp_path / "src", skip_unreadable_files=True)
+    (skipped,) = result.metrics["skipped_files"]
+    assert skipped["file"].endswith("more.jsonl.gz") and skipped["bytes"] == 10
+    assert "unsupported file type" in skipped["reason"]
+    assert result.records.num_rows == 20 and result.rejected.num_rows == 0
+
+
+def test_links_under_the_source(write_jsonl, chat, tmp_path):
+    write_jsonl(good_rows(chat), folder=tmp_path / "real")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "linked").symlink_to(tmp_path / "real")
+    (src / "twice").symlink_to(tmp_path / "real")
+    (src / "loop").symlink_to(src)
+    assert run(src).records.num_rows == 20  # the linked folder, read once
+    (src / "dangling.jsonl").symlink_to(tmp_path / "nowhere.jsonl")
+    with pytest.raises(InputError, match=r"dangling.jsonl.*cannot read the file"):
+        run(src)
+    skipped = run(src, skip_unreadable_files=True).metrics["skipped_files"]
+    assert [s["file"].rsplit("/", 1)[1] for s in skipped] == ["dangling.jsonl"]
+
+
+def test_a_file_that_cannot_be_opened_is_an_input_error(write_jsonl, chat, tmp_path,
+                                                        monkeypatch):
+    from fsspec.implementations.local import LocalFileSystem
+
+    write_jsonl(good_rows(chat))
+
+    def refuse(self, path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(LocalFileSystem, "open", refuse)
+    with pytest.raises(InputError, match="Permission denied"):
+        run(tmp_path / "src")
+
+
+def test_blank_labels_are_missing_and_null_words_are_text(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.csv").write_text("prompt,response,label\nq1,NULL,harmless\nq2,NA,  \nq3,nan,\n"
+                               "q4,n/a,harmful\n")
+    result = run(src)
+    assert result.rejected.num_rows == 0
+    records = result.records.to_pylist()
+    assert [r["messages"][1]["content"] for r in records] == ["NULL", "NA", "nan", "n/a"]
+    assert [r["label"] for r in records] == ["harmless", None, None, "harmful"]
+
+
+def test_rfc4180_csv_with_bom_crlf_and_quoted_newlines(tmp_path):
+    import pandas as pd
+
+    src = tmp_path / "src"
+    src.mkdir()
+    frame = pd.DataFrame({"prompt": ["line one\nline two", 'a "quoted" word', "q"],
+                          "response": ["r1", "r2", ""], "label": ["harmless"] * 3})
+    (src / "a.csv").write_bytes(
+        b"\xef\xbb\xbf" + frame.to_csv(index=False, lineterminator="\r\n").encode())
+    result = run(src)
+    assert [r["messages"][0]["content"] for r in result.records.to_pylist()] == [
+        "line one\nline two", 'a "quoted" word']
+    reject = only_reject(result)
+    assert (reject["line"], reject["field"]) == (5, "messages.content")
+
+
+def test_jsonl_with_bom_and_one_bad_line(tmp_path, chat):
+    import json
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jsonl").write_bytes(
+        b"\xef\xbb\xbf" + json.dumps(chat("q", "a", label="harmless")).encode() + b"\n{bad\n")
+    result = run(src)
+    assert result.records.num_rows == 1 and only_reject(result)["line"] == 2
