@@ -10,7 +10,8 @@ import json
 import logging
 import sys
 
-from tasks.config import pipeline, stage_params
+from tasks.catalog import STAGE_FOLDERS, Catalog
+from tasks.config import pipeline
 from tasks.settings import apply, project_root
 
 
@@ -42,10 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"MLflow: parent run {parent} in experiment "
           f"{lineage.experiment_id()} ({root / 'mlflow.db'}); `make mlflow`, then "
           f"http://localhost:5000")
+    catalog = Catalog(root)
     for stage in pipeline(args.dag_id).stages:
-        params = stage_params(stage)
-        reports = root / params.get("reports", f"reports/{stage}")
-        print(f"  {stage}: outputs in {root / params.get('out', '')}, reports in {reports}")
+        reports = catalog.reports(stage)
+        print(f"  {stage}: outputs in {catalog.folder(STAGE_FOLDERS[stage])}, reports in "
+              f"{reports}")
         metrics = reports / "metrics.json"
         if metrics.exists():
             summary = {k: v for k, v in json.loads(metrics.read_text()).items()

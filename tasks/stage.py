@@ -6,19 +6,9 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from crediflow.errors import CrediflowError
-from tasks.settings import apply, project_root
-
-
-def project_path(path: str) -> Path | str:
-    """A params.yaml path made absolute against the project; URLs are left as they are."""
-    if "://" in path:
-        return path
-    p = Path(path)
-    return p if p.is_absolute() else project_root() / p
-
+from tasks.settings import apply
 
 # The exit status of a stage that refused its input (sysexits' EX_DATAERR): retrying cannot help.
 EXIT_BAD_INPUT = 65

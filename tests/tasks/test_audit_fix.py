@@ -13,7 +13,7 @@ import pytest
 from crediflow.data.schema import RECORD_SCHEMA
 from crediflow.errors import InputError
 from crediflow.synthetic.noise import clustered_embeddings, noisy_labels
-from tasks.embed import vectors_table
+from tasks.catalog import vectors_table
 from tasks.settings import PROJECT_ROOT
 
 N, NOISE = 3000, 0.2

@@ -3,6 +3,8 @@ import re
 import pytest
 import yaml
 
+from crediflow.errors import ConfigError
+from tasks.catalog import Catalog
 from tasks.config import dvc_stages, load_params, pipeline, stage_metrics, stage_params
 from tasks.settings import PROJECT_ROOT
 
@@ -33,10 +35,10 @@ def test_unknown_pipeline_stage_is_reported(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(
         {"pipelines": {"p": {"stages": ["ingest", "nope"]}}}))
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"ingest": {"cmd": "true"}}}))
-    with pytest.raises(KeyError, match="nope"):
+    with pytest.raises(ConfigError, match="nope"):
         pipeline("p", tmp_path)
 
 
 def test_stage_metrics_resolve_params_references():
-    assert stage_metrics("ingest", PROJECT_ROOT) == [
-        f"{stage_params('ingest', PROJECT_ROOT)['reports']}/metrics.json"]
+    reports = Catalog(PROJECT_ROOT).reports("ingest").relative_to(PROJECT_ROOT)
+    assert stage_metrics("ingest", PROJECT_ROOT) == [f"{reports}/metrics.json"]

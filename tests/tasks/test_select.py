@@ -11,21 +11,20 @@ import pytest
 import yaml
 
 from crediflow.data.schema import RECORD_SCHEMA
-from crediflow.errors import InputError
+from crediflow.errors import ConfigError
+from crediflow.select.config import SelectConfig
 from crediflow.select.raters.hf import HFRater
+from crediflow.select.rating import rate
 from crediflow.synthetic.noise import clustered_embeddings
-from tasks.embed import vectors_table
-from tasks.select import rate, run
+from tasks.catalog import Catalog, vectors_table
+from tasks.select import run
 from tasks.settings import PROJECT_ROOT
 
 PAIRS = [(f"what does json dumps do? {'really ' * n}", "it serializes obj " * (n + 1))
          for n in range(6)]
 
 
-def _records() -> pa.Table:
-    messages = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-                for q, a in PAIRS]
-    return pa.table({"messages": messages})
+TEXTS = [f"{q}\n{a}" for q, a in PAIRS]
 
 
 @pytest.fixture
@@ -34,31 +33,31 @@ def hf_params(tiny_lm, tmp_path: Path) -> dict:
     model.save_pretrained(tmp_path / "tiny")
     tokenizer.save_pretrained(tmp_path / "tiny")
     return {"rater": "hf", "model": str(tmp_path / "tiny"), "template": None,
-            "answer_prefix": None, "max_prompt_tokens": 600, "batch_size": 4,
-            "cache": str(tmp_path / "ratings")}
+            "max_prompt_tokens": 600, "batch_size": 4}
 
 
-def test_hf_rater_uses_the_template_and_answer_prefix_from_params(tiny_lm, hf_params) -> None:
+def test_hf_rater_uses_the_template_and_answer_prefix_from_params(tiny_lm, hf_params,
+                                                                 tmp_path) -> None:
     model, tokenizer = tiny_lm
-    texts = [f"{q}\n{a}" for q, a in PAIRS]
-    default, argmax, metrics = rate(_records(), hf_params)
-    assert metrics["rated"] == len(PAIRS) and metrics["ratings_from_cache"] == 0
+    texts = TEXTS
+    default = rate(texts, SelectConfig.from_mapping(hf_params), cache_folder=tmp_path / "r")
+    assert default.metrics["rated"] == len(PAIRS) and default.metrics["ratings_from_cache"] == 0
     reference = HFRater(model, tokenizer, max_prompt_tokens=600, batch_size=4).rate(texts)
-    np.testing.assert_allclose(default, reference.expected, atol=1e-5)
-    np.testing.assert_array_equal(argmax, reference.argmax)
+    np.testing.assert_allclose(default.expected, reference.expected, atol=1e-5)
+    np.testing.assert_array_equal(default.argmax, reference.argmax)
 
     custom = {**hf_params, "template": "Rate it 1 to 5.\n{text}\nOne digit.",
-              "answer_prefix": ""}
-    ratings, _, _ = rate(_records(), custom)
+              "answer_prefix": "", "score": "expected"}
+    ratings = rate(texts, SelectConfig.from_mapping(custom)).rating
     expected = HFRater(model, tokenizer, template=custom["template"], answer_prefix="",
                        max_prompt_tokens=600, batch_size=4).rate(texts).expected
     np.testing.assert_allclose(ratings, expected, atol=1e-5)
-    assert np.abs(ratings - default).max() > 1e-3  # the prompt really changed
+    assert np.abs(ratings - default.expected).max() > 1e-3  # the prompt really changed
 
 
 def test_a_template_without_the_text_slot_is_refused(hf_params) -> None:
-    with pytest.raises(InputError, match=r"\{text\}"):
-        rate(_records(), {**hf_params, "template": "Rate this sample."})
+    with pytest.raises(ConfigError, match=r"section 'select', key 'template'.*\{text\}"):
+        SelectConfig.from_mapping({**hf_params, "template": "Rate this sample."})
 
 
 @pytest.fixture
@@ -78,13 +77,12 @@ def project(hf_params, tmp_path: Path, monkeypatch) -> Path:
                      for i in range(n)],
         "label": [None] * n, "rating": [None] * n, "group": [None] * n, "source": ["s"] * n,
     }, schema=RECORD_SCHEMA)
-    for folder, name, table in [
-        (params["fix"]["out"], "records.parquet", records),
-        (params["embed"]["out"], "embeddings.parquet",
-         vectors_table(records.column("id"), vectors.astype(np.float32))),
-    ]:
-        (tmp_path / folder).mkdir(parents=True)
-        pq.write_table(table, tmp_path / folder / name)
+    catalog = Catalog(tmp_path)
+    for name, table in [("fixed", records),
+                        ("embeddings", vectors_table(records.column("id"),
+                                                     vectors.astype(np.float32)))]:
+        catalog.path(name).parent.mkdir(parents=True)
+        pq.write_table(table, catalog.path(name))
     return tmp_path
 
 
@@ -111,7 +109,7 @@ def test_the_stage_rates_by_argmax_or_expected_score_and_records_both(project) -
 
 def test_an_unknown_score_choice_is_refused_before_rating(project) -> None:
     _set_score(project, "mean")
-    with pytest.raises(InputError, match="argmax or expected"):
+    with pytest.raises(ConfigError, match="section 'select', key 'score'.*argmax, expected"):
         run()
     assert not (project / "data/selected").exists()
 
