@@ -101,6 +101,7 @@ class ShardCache:
 
     def width(self, name: str) -> int | None:
         """The width of vector column `name` (the widest, if ragged); None while unknown."""
+        self._refresh()
         return self._widths[name]
 
     def locate(self, keys: np.ndarray | Sequence[str]) -> np.ndarray:
@@ -310,7 +311,7 @@ class EmbeddingCache(ShardCache):
         """(found mask aligned with `keys`, vectors of the found keys in their order)."""
         rows = self.locate(keys)
         found = rows >= 0
-        if self.dim is None:
+        if self._widths["vector"] is None:
             return found, np.empty((0, 0), dtype=np.float32)
         return found, self.gather(rows[found])["vector"]
 

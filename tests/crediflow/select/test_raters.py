@@ -142,22 +142,6 @@ def test_cache_hit_needs_no_forward_pass(tiny_lm, tmp_path: Path) -> None:
         remove()
 
 
-def test_rating_cache_round_trip(tmp_path: Path) -> None:
-    cache = RatingCache(tmp_path, "r1")
-    cache.put_many(["a", "b"], np.array([2.5, 4.0]), scope="s")
-    cache.put_many(["b", "c"], np.array([1.0, 3.0]), scope="s")  # "b" is kept as first stored
-    found, scores = RatingCache(tmp_path, "r1").get_many(["c", "x", "b", "a"], scope="s")
-    np.testing.assert_array_equal(found, [True, False, True, True])
-    np.testing.assert_array_equal(scores, [3.0, np.nan, 4.0, 2.5])
-    assert not RatingCache(tmp_path, "r1").get_many(["a"], scope="other")[0].any()
-    assert not RatingCache(tmp_path, "r2").get_many(["a"], scope="s")[0].any()
-    assert not list(tmp_path.rglob("*.tmp"))
-    with pytest.raises(InputError, match="one score per text"):
-        cache.put_many(["a"], np.array([1.0, 2.0]))
-    with pytest.raises(InputError, match="NaN"):
-        cache.put_many(["z"], np.array([np.nan]))
-
-
 # --------------------------------------------------------------------------- HTTP endpoint
 
 
