@@ -22,7 +22,7 @@ def run() -> dict:
     catalog = Catalog()
     result = ingest(catalog.source, classes=config.classes, rating_range=config.rating_range,
                     max_reject_fraction=config.max_reject_fraction,
-                    **({"skip_unreadable_files": True} if config.skip_unreadable_files else {}))
+                    skip_unreadable_files=config.skip_unreadable_files)
     with catalog.publish("ingest") as out:
         out.table("ingested", result.records)
         out.table("rejected", result.rejected)
