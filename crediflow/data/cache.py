@@ -69,7 +69,9 @@ class ShardCache:
     keys map to buffer rows through a dict that only ever grows, so taking in a shard copies
     that shard's rows and, amortised, a constant number of held rows: linear in the shard, not
     in the cache. The exception is a ragged column getting wider, which copies that column
-    once per new width. `copied_bytes` counts the bytes of held values copied so far.
+    once per new width. `copied_bytes` counts the bytes of held values copied so far. A row
+    keeps its number for the life of the object, and a lookup costs one dict probe per key
+    plus a gather from the buffers.
     """
 
     def __init__(
@@ -321,9 +323,10 @@ class EmbeddingCache(ShardCache):
         if vectors.ndim != 2 or len(vectors) != len(keys):
             raise InputError(f"need one vector per key: {len(keys)} keys, vectors of shape "
                              f"{vectors.shape}", field="vectors")
-        if self.dim is not None and vectors.shape[1] != self.dim:
+        held = self._widths["vector"]  # shards not read yet are checked in `append`
+        if held is not None and vectors.shape[1] != held:
             raise InputError(f"vectors have width {vectors.shape[1]}, the cache holds "
-                             f"{self.dim}", field="vectors")
+                             f"{held}", field="vectors")
         if not np.isfinite(vectors).all():
             raise InputError("refusing to cache NaN or infinite vectors", field="vectors")
         self.append(keys, {"vector": vectors}, metadata={"dim": str(vectors.shape[1])})
