@@ -81,7 +81,10 @@ def run() -> dict:
         "mean_curated_rating_selected": round(float(np.mean(
             result.curated_rating[result.selected])), 4),
         "classes": classes,
+        "warnings": result.warnings,
     }
+    for warning in result.warnings:
+        log.warning("select: %s", warning)
     with catalog.publish("select") as out:
         out.table("selected", selected)
         rating_histograms(result.raw_class, result.curated_class, classes,

@@ -5,11 +5,12 @@ and out)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from crediflow.audit.config import AuditConfig
 from crediflow.core.detect import (
     Detection,
     combine_detections,
@@ -23,10 +24,8 @@ from crediflow.core.hoc import (
     credibility_score,
     fit_transition,
 )
-from crediflow.core.knn import knn_graph
+from crediflow.core.knn import graph_warnings, knn_graph
 from crediflow.errors import InputError
-
-DETECTORS = ("knn", "probe", "both")
 
 
 @dataclass
@@ -41,6 +40,7 @@ class AuditResult:
     knn_method: str  # "exact" or "ivf"
     knn_recall: float | None  # measured recall@k of the IVF search (None when exact)
     counts: dict  # per class: rows, flagged, and the classes suggested for its flagged rows
+    warnings: list[str] = field(default_factory=list)  # the data cannot support the estimates
 
 
 # Weight of the probe's class probabilities next to the unit embedding in the probe graph.
@@ -67,9 +67,7 @@ def audit_labels(
     (`combine_detections` rule "mean").
     """
     names, y = _encode_labels(labels, classes)
-    if detector not in DETECTORS:
-        raise InputError(f"unknown detector {detector!r}; use one of {DETECTORS}",
-                         field="detector")
+    AuditConfig(k=k, rounds=rounds, epochs=epochs, detector=detector, seed=seed)
     shape = getattr(embeddings, "shape", None)
     if shape is None or len(shape) != 2 or shape[0] != y.size:
         raise InputError(f"{y.size} labels but embeddings of shape {shape}; need one "
@@ -103,7 +101,7 @@ def audit_labels(
                                        probe_detect(y, embeddings, T, p, seed=seed,
                                                     probs=probs), y, seed=seed)
     return AuditResult(T, p, credibility_score(T), detection, names, graph.method,
-                       graph.recall, _counts(y, detection, names))
+                       graph.recall, _counts(y, detection, names), graph_warnings(graph))
 
 
 def transition_from_triplets(triplets: np.ndarray, num_classes: int,

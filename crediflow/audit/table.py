@@ -26,8 +26,9 @@ def audit_warnings(result: AuditResult) -> list[str]:
     """Signs that the audit's assumptions do not hold for this data."""
     weak = [c for c, t in zip(result.classes, np.diag(result.T), strict=True) if t < 0.5]
     if not weak:
-        return []
-    return [f"T is not diagonally dominant for {', '.join(map(str, weak))}: the embeddings "
+        return list(result.warnings)
+    return [*result.warnings,
+            f"T is not diagonally dominant for {', '.join(map(str, weak))}: the embeddings "
             "probably do not cluster by this label (a row's nearest neighbours often carry "
             "another true label), so HOC reads that as noise; treat T and the flags with "
             "caution, or use the probe detector"]

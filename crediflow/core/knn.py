@@ -33,6 +33,25 @@ class KnnGraph:
     nlist: int | None = None  # inverted lists (ivf only)
 
 
+# Neighbours this similar are duplicates for every purpose of the audit and of DS2.
+_DUPLICATE_SIM = 0.9999
+
+
+def graph_warnings(graph: KnnGraph, labels: np.ndarray | None = None) -> list[str]:
+    """Signs that the k-NN graph carries no information: most rows' neighbours are exact
+    duplicates (identical texts), or every row carries the same label."""
+    warnings = []
+    duplicate_share = float(np.mean(graph.sims[:, -1] >= _DUPLICATE_SIM)) if graph.sims.size else 0
+    if duplicate_share > 0.5:
+        warnings.append(f"{duplicate_share:.0%} of the rows have only identical neighbours "
+                        "(the same text, or the same embedding): the k-NN graph cannot tell "
+                        "rows apart, so the estimates below carry no information")
+    if labels is not None and len(labels) and np.all(labels == labels[0]):
+        warnings.append("every row falls in one class: there is no noise to estimate and "
+                        "nothing to move")
+    return warnings
+
+
 def knn_graph(
     embeddings: np.ndarray,
     k: int,

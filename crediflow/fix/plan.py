@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-POLICIES = ("relabel", "drop", "flag")
+from crediflow.fix.config import FixConfig
 
 
 @dataclass
@@ -36,8 +36,7 @@ def plan_fixes(
     its confidence is at least `threshold`; `drop` removes flagged rows; `flag` changes
     nothing and only marks them.
     """
-    if policy not in POLICIES:
-        raise ValueError(f"unknown fix policy {policy!r}; expected one of {', '.join(POLICIES)}")
+    FixConfig(policy=policy, threshold=threshold)  # a bad setting fails here, named
     labels = np.asarray(labels, dtype=object)
     flagged = np.asarray(is_issue, dtype=bool)
     action = np.full(len(labels), None, dtype=object)

@@ -6,13 +6,15 @@ ratings, and a budget is filled from the top curated class down, by long-tail sc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from crediflow.core.detect import knn_detect
 from crediflow.core.hoc import consensus_from_graph, credibility_score, fit_transition
-from crediflow.core.knn import knn_graph
+from crediflow.core.knn import graph_warnings, knn_graph
+from crediflow.errors import InputError
+from crediflow.select.config import SelectConfig
 from crediflow.select.selection import class_ratings, long_tail_scores, rating_classes, select_top
 
 
@@ -29,13 +31,15 @@ class Curation:
     long_tail: np.ndarray  # (N,) float in [0, 1)
     selected: np.ndarray  # (N,) bool
     moves: dict[str, int]  # "raw class -> curated class": count
+    warnings: list[str] = field(default_factory=list)  # the data cannot support the estimates
 
 
 def integer_bins(ratings: np.ndarray) -> list[float]:
     """Bin edges with one class per integer rating between the smallest and largest."""
     ratings = np.asarray(ratings, dtype=float)
     if not np.all(np.isfinite(ratings)) or np.any(ratings != np.round(ratings)):
-        raise ValueError("ratings are not all integers: give the bins explicitly")
+        raise InputError("ratings are not all integers: give the rating class edges (bins) "
+                         "explicitly", field="rating")
     lo, hi = int(ratings.min()), int(ratings.max())
     return [v - 0.5 for v in range(lo, max(hi, lo + 2) + 2)]
 
@@ -54,6 +58,8 @@ def curate_and_select(
 ) -> Curation:
     """Curate `ratings` with the score transition matrix and select `budget` samples
     (a count, or a fraction below 1) from the top curated class down."""
+    SelectConfig(budget=budget, k=k, rounds=rounds, epochs=epochs, threshold=threshold,
+                 seed=seed, **({"bins": tuple(bins)} if bins is not None else {}))
     edges = list(bins) if bins is not None else integer_bins(ratings)
     raw = rating_classes(ratings, edges)
     num_classes = len(edges) - 1
@@ -74,4 +80,4 @@ def curate_and_select(
                         minlength=num_classes * num_classes).reshape(num_classes, num_classes)
     moves = {f"{a}->{b}": int(pairs[a, b]) for a, b in zip(*np.nonzero(pairs), strict=True)}
     return Curation(T, p, credibility_score(T), raw, curated, curated_rating, long_tail,
-                    selected, moves)
+                    selected, moves, graph_warnings(graph, raw))

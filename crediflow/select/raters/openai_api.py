@@ -231,8 +231,7 @@ class OpenAIRater:
                 stop.wait(max(delay, wait))
         if type(error) is _TransportError:
             stop.set()  # no connection after every retry: the endpoint is down
-        assert error is not None
-        raise error
+        raise error if error is not None else RaterError("no attempt was made")
 
     def _post(self, body: bytes, headers: dict[str, str]) -> str:
         """The assistant message of one chat completion request."""

@@ -6,7 +6,7 @@ import pytest
 
 from crediflow.audit.credibility import AuditResult, audit_labels, transition_from_triplets
 from crediflow.core.hoc import credibility_score
-from crediflow.errors import InputError
+from crediflow.errors import ConfigError, InputError
 from crediflow.synthetic.noise import clustered_embeddings, noisy_labels
 
 # MIT licence: tests/data/hoc_three_labels.LICENSE.md
@@ -117,7 +117,6 @@ SMALL = np.random.default_rng(0).standard_normal((30, 4))
     (["a"] * 30, SMALL, {}, "at least 2 classes"),
     (["a"] * 25 + ["b"] * 5, SMALL, {}, r"too few in 'b' \(5 rows\)"),
     (["a", "b"] * 15, SMALL[:20], {}, "one embedding row per label"),
-    (["a", "b"] * 15, SMALL, {"detector": "svm"}, "unknown detector"),
     (["a", "b", "c"] * 10, SMALL, {"classes": ["a", "b"], "k": 3}, r"outside classes"),
     (["a", "b"] * 15, SMALL, {"classes": ["a", "b", "c"], "k": 3}, r"too few in 'c' \(0 rows\)"),
     (None, SMALL, {}, "no label column"),
@@ -126,6 +125,12 @@ def test_bad_input_names_the_cause(labels, embeddings, kwargs, message):
     with pytest.raises(InputError, match=message) as err:
         audit_labels(labels, embeddings, **kwargs)
     assert err.value.field in {"label", "embeddings", "detector", "classes"}
+
+
+def test_an_unknown_detector_is_a_config_error():
+    with pytest.raises(ConfigError, match="field 'detector': 'svm' is not allowed; choose one "
+                                          "of knn, probe, both"):
+        audit_labels(["a", "b"] * 15, SMALL, detector="svm")
 
 
 def test_audit_warns_when_t_is_not_diagonally_dominant():

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from crediflow.errors import ConfigError
 from crediflow.fix.plan import plan_fixes, score_fixes
 
 LABELS = np.array(["a", "a", "b", "b", "a"], dtype=object)
@@ -31,7 +32,7 @@ def test_flag_changes_nothing():
 
 
 def test_unknown_policy():
-    with pytest.raises(ValueError, match="unknown fix policy 'burn'"):
+    with pytest.raises(ConfigError, match="field 'policy': 'burn' is not allowed"):
         plan_fixes(LABELS, ISSUE, SUGGESTED, CONFIDENCE, policy="burn")
 
 

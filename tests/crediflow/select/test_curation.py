@@ -1,13 +1,14 @@
 import numpy as np
 import pytest
 
+from crediflow.errors import InputError
 from crediflow.select.curation import curate_and_select, integer_bins
 from crediflow.synthetic.noise import clustered_embeddings, noisy_labels
 
 
 def test_integer_bins():
     assert integer_bins(np.array([1, 3, 5])) == [0.5, 1.5, 2.5, 3.5, 4.5, 5.5]
-    with pytest.raises(ValueError, match="not all integers"):
+    with pytest.raises(InputError, match="not all integers"):
         integer_bins(np.array([1.5, 2.0]))
 
 
