@@ -32,3 +32,20 @@ def test_write_json_is_whole_or_nothing(tmp_path):
         write_json(path, {"a": object()})
     assert path.read_text() == '{\n  "a": 1\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_written_files_and_folders_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "data.parquet").write_bytes(b"x")
+        write_json(tmp_path / "reports" / "m.json", {"a": 1})
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "out") == 0o750
+    assert mode(tmp_path / "out" / "data.parquet") == 0o640
+    assert mode(tmp_path / "reports" / "m.json") == 0o640
