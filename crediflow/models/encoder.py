@@ -20,17 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from crediflow.core.cpus import available_cpus
-from crediflow.errors import CrediflowError, InputError
-from crediflow.data.formats import hash_strings
-from crediflow.data.cache import write_shard
 from crediflow.data.texts import check_texts
-
+from crediflow.errors import CrediflowError, InputError
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 DEFAULT_MAX_LENGTH = 256
@@ -327,35 +322,14 @@ def load_encoder(
                          field="encoder") from None
     model.eval()
 
-    limits = [getattr(model.config, "max_position_embeddings", None),
-              getattr(tokenizer, "model_max_length", None)]
-    limit = min((int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000),
-                default=None)
-    if max_length is None:
-        max_length = int(settings.get("max_seq_length") or DEFAULT_MAX_LENGTH)
-        max_length = min(max_length, limit) if limit else max_length
-    elif max_length < 2 or (limit is not None and max_length > limit):
-        raise InputError(f"max_length must be in 2..{limit or 'inf'}, got {max_length}",
-                         field="max_length")
+    max_length = _max_length(model, tokenizer, settings, max_length)
     dim = next((int(getattr(model.config, key)) for key in ("hidden_size", "d_model", "dim")
                 if isinstance(getattr(model.config, key, None), int)), None)
     if dim is None:
         raise InputError(f"cannot tell the hidden size of {model_dir}", field="encoder")
-
     if quantize:
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-        # Per-channel weight scales: on MiniLM they keep cosine to fp32 at ~0.97 where one
-        # scale per tensor drops it to ~0.93, at the same speed.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated")
-            model = quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig})
-    if threads is not None:
-        if threads < 1:
-            raise InputError(f"threads must be >= 1, got {threads}", field="threads")
-        torch.set_num_threads(threads)
-    elif torch.get_num_threads() > available_cpus():
-        torch.set_num_threads(available_cpus())
+        model = _quantized(model)
+    _set_threads(threads)
 
     name = DEFAULT_ENCODER if name_or_path is None or name_or_path in _DEFAULT_ALIASES else (
         str(source))
@@ -370,3 +344,43 @@ def load_encoder(
         quantized=quantize,
         fingerprint=_fingerprint(folder, model_dir),
     )
+
+
+def _max_length(model: Any, tokenizer: Any, settings: dict, max_length: int | None) -> int:
+    """The truncation length: as asked (checked against the model's position limit), else the
+    folder's `max_seq_length`, else DEFAULT_MAX_LENGTH, within that limit."""
+    limits = [getattr(model.config, "max_position_embeddings", None),
+              getattr(tokenizer, "model_max_length", None)]
+    limit = min((int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000),
+                default=None)
+    if max_length is None:
+        max_length = int(settings.get("max_seq_length") or DEFAULT_MAX_LENGTH)
+        return min(max_length, limit) if limit else max_length
+    if max_length < 2 or (limit is not None and max_length > limit):
+        raise InputError(f"max_length must be in 2..{limit or 'inf'}, got {max_length}",
+                         field="max_length")
+    return max_length
+
+
+def _quantized(model: Any) -> Any:
+    """The model with its Linear layers converted to dynamic int8."""
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    # Per-channel weight scales: on MiniLM they keep cosine to fp32 at ~0.97 where one
+    # scale per tensor drops it to ~0.93, at the same speed.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated")
+        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig})
+
+
+def _set_threads(threads: int | None) -> None:
+    """torch's intra-op threads: as asked, else lowered to the CPUs actually available."""
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise InputError(f"threads must be >= 1, got {threads}", field="threads")
+        torch.set_num_threads(threads)
+    elif torch.get_num_threads() > available_cpus():
+        torch.set_num_threads(available_cpus())
