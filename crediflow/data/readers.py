@@ -227,7 +227,7 @@ def _read_jsonl_raw(path: str, data: bytes) -> RawFile:
                 explicit_schema=RAW_SCHEMA, unexpected_field_behavior="ignore"
             ),
         )
-    except pa.ArrowInvalid:
+    except pa.ArrowException:
         return _read_jsonl_by_line(path, data)
     lines = _nonblank_lines(data)
     if len(lines) != table.num_rows:
@@ -281,7 +281,7 @@ def _jsonl_columns(raw: RawFile, data: bytes) -> None:
         try:
             table = pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(
                 block_size=min(max(len(data), 1 << 20), _JSON_BLOCK)))
-        except pa.ArrowInvalid:
+        except pa.ArrowException:
             table = None
         lines = _nonblank_lines(data)
         if table is not None and len(lines) == table.num_rows:
@@ -438,7 +438,7 @@ def _csv_columnar(path: str, data: bytes
                 column_types={n: pa.string() for n in names}, null_values=[""],
                 strings_can_be_null=True),
         )
-    except (pa.ArrowInvalid, pa.ArrowKeyError):
+    except pa.ArrowException:
         return None
     rows = np.arange(1, len(fields))
     valid = fields[1:] == fields[0]
@@ -509,7 +509,7 @@ def _drop_non_utf8_lines(path: str, data: bytes) -> tuple[bytes, np.ndarray, lis
 def _read_parquet(path: str, data: bytes, all_columns: bool = False) -> RawFile:
     try:
         table = pq.read_table(io.BytesIO(data))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:
         return _unreadable(path, f"unreadable Parquet: {exc}")
     names = table.column_names
     twice = sorted({n for n in names if names.count(n) > 1})

@@ -191,3 +191,24 @@ def test_records_with_nested_turns_to_csv_as_json_text(demo, tmp_path):
     assert len(table) == 400
     nested = table["messages"].dropna()
     assert len(nested) and json.loads(nested.iloc[0])[0]["role"] in ("system", "user")
+
+
+def test_select_with_the_hf_rater(tiny_lm, tmp_path, capsys):
+    from crediflow.select.raters.hf import HFRater
+
+    model, tokenizer = tiny_lm
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    texts = [f"Q: what does json dumps do? A: {'it serializes obj ' * (i % 12)}item {i}"
+             for i in range(30)]
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"text": texts}).to_csv(path, index=False)
+    out = tmp_path / "out.parquet"
+    main(["select", str(path), "--rater", "hf", "--rater-model", str(tmp_path / "tiny"),
+          "--max-prompt-tokens", "600", "--batch-size", "4", "--score", "expected",
+          "--bins", "0.5,3,5.5", "--budget", "10", "--k", "3", "--out", str(out)])
+    assert "selected 10 of 30 rows" in capsys.readouterr().out
+    expected = HFRater(model, tokenizer, max_prompt_tokens=600, batch_size=4).rate(texts).expected
+    table = pq.read_table(out)
+    assert table.column("rating").to_pylist() == pytest.approx(expected.tolist(), abs=1e-5)
+    assert sum(table.column("selected").to_pylist()) == 10
