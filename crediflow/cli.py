@@ -14,7 +14,13 @@ import sys
 import numpy as np
 
 from crediflow.audit.config import AuditConfig
-from crediflow.data.schema import LABEL_ISSUE, LABEL_SCORE, SUGGESTED_LABEL, SUGGESTION_CONFIDENCE
+from crediflow.data.schema import (
+    DEFAULT_TEXT_COLUMN,
+    LABEL_ISSUE,
+    LABEL_SCORE,
+    SUGGESTED_LABEL,
+    SUGGESTION_CONFIDENCE,
+)
 from crediflow.errors import ConfigError, CrediflowError
 from crediflow.ingest.config import IngestConfig
 from crediflow.select.config import SelectConfig
@@ -31,7 +37,6 @@ def _texts(args: argparse.Namespace, table, rejects) -> np.ndarray:
     """Each row's text: --text-column when given, else the conversation when the table is in
     an ingest format, else the `text` column. Says which reading it took when both fit."""
     from crediflow.data.tables import (
-        DEFAULT_TEXT_COLUMN,
         column_texts,
         conversation_column_texts,
         has_conversations,

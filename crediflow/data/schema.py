@@ -85,3 +85,7 @@ LONG_TAIL_SCORE = "long_tail_score"
 SELECTED = "selected"
 SELECT_COLUMNS = (RATING, RATING_EXPECTED, RATING_ARGMAX, CURATED_RATING, LONG_TAIL_SCORE,
                   SELECTED)
+
+# plain tables on the command line
+DEFAULT_TEXT_COLUMN = "text"  # where a plain table's text is, unless --text-column says
+REJECTED_REASON = "rejected_reason"  # --out: why a row was not used; null for used rows

@@ -22,14 +22,12 @@ import pyarrow.parquet as pq
 
 from crediflow.data.formats import NO_FORMAT, detect_formats, to_messages
 from crediflow.data.readers import FORMATS, RawFile, read_source_file
-from crediflow.data.schema import MESSAGES_COLUMN
+from crediflow.data.schema import MESSAGES_COLUMN, REJECTED_REASON
 from crediflow.data.texts import conversation_texts
 from crediflow.errors import InputError, TooManyRejectsError
 
 CONVERSATION_FIELDS = ("messages", "conversations", "instruction", "output", "prompt",
                        "response")
-DEFAULT_TEXT_COLUMN = "text"
-REJECTED_REASON = "rejected_reason"  # --out: why a row was not used; null for used rows
 _SHOWN_REJECTS = 5
 
 

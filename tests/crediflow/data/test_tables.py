@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from crediflow.data.schema import REJECTED_REASON
 from crediflow.data.tables import (
-    REJECTED_REASON,
     RowRejects,
     check_output_path,
     column_labels,
