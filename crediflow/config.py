@@ -119,7 +119,7 @@ class MethodConfig:
                 continue
             allowed = f"; allowed: {info['allowed']}" if info["allowed"] else ""
             group.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg_{name}", default=_UNSET,
-                               metavar=info["type"].upper().replace(" ", ""),
+                               metavar=_metavar(info["type"]),
                                help=f"{info['help']} (default: {_show(info['default'])}"
                                     f"{allowed})")
 
@@ -132,6 +132,13 @@ class MethodConfig:
             if raw is not _UNSET:
                 values[f.name] = _parse_flag(raw, f.name, cls)
         return cls.from_mapping(values, source="the command line")
+
+
+def _metavar(type_name: str) -> str:
+    """INT, FLOAT, STR, BOOL; FLOAT,... for lists."""
+    base = type_name.removesuffix(" or none")
+    return f"{base.removeprefix('list of ').upper()},..." if base.startswith("list of ") else (
+        base.upper())
 
 
 def _show(value: Any) -> str:
