@@ -6,6 +6,7 @@ from crediflow.core.detect import (
     combine_detections,
     flag_rates,
     knn_detect,
+    out_of_fold_probs,
     probe_detect,
 )
 from crediflow.core.hoc import consensus_from_graph, fit_transition
@@ -105,6 +106,19 @@ def test_probe_finds_20_percent_symmetric_noise(data):
     np.testing.assert_allclose(det.class_scores.sum(axis=1), 1.0, atol=1e-5)
     again = probe_detect(noisy, x, T, p, seed=0)
     np.testing.assert_array_equal(det.is_issue, again.is_issue)
+
+
+def test_out_of_fold_probs_are_seeded_and_cover_absent_classes(data):
+    x, y, graph = data[6]
+    noisy = noisy_labels(y, symmetric(6, 0.2), seed=3)
+    noisy[noisy == 5] = 4  # class 5 absent: its column stays 0
+    probs = out_of_fold_probs(noisy, x, 6, folds=3, seed=1)
+    assert probs.shape == (y.size, 6)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    assert (probs[:, 5] == 0).all()
+    assert np.mean(probs.argmax(axis=1) == noisy) > 0.7
+    np.testing.assert_array_equal(probs, out_of_fold_probs(noisy, x, 6, folds=3, seed=1))
+    assert not np.array_equal(probs, out_of_fold_probs(noisy, x, 6, folds=3, seed=2))
 
 
 def test_combined_detectors(data):
