@@ -90,7 +90,7 @@ def topk_agreement(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
     return float(same.mean())
 
 
-def run_set(name: str, texts: list[str], batch_sizes: list[int], chunk: int, repeats: int,
+def run_set(name: str, texts: list[str], batch_sizes: list[int], *, chunk: int, repeats: int,
             ours, ours_int8, st) -> dict:
     """Throughput and agreement of both encoders (and int8) on one text set."""
     def ours_fn(t, bs):
@@ -180,10 +180,10 @@ def main() -> None:
 
     load_before = os.getloadavg()
     sets = {
-        "short_reviews": run_set("short", short, [32, 64, 128], 500, args.repeats,
-                                 ours, ours_int8, st),
-        "long_256_tokens": run_set("long", long, [16, 32, 64], 64, args.repeats,
-                                   ours, ours_int8, st),
+        "short_reviews": run_set("short", short, [32, 64, 128], chunk=500,
+                                 repeats=args.repeats, ours=ours, ours_int8=ours_int8, st=st),
+        "long_256_tokens": run_set("long", long, [16, 32, 64], chunk=64, repeats=args.repeats,
+                                   ours=ours, ours_int8=ours_int8, st=st),
     }
     report = {
         "benchmark": "embed",

@@ -210,7 +210,8 @@ class HFRater:
             offset = len(self.prefix_ids) if use_prefix else 0
             for begin in range(0, len(order), self.batch_size):
                 rows = order[begin:begin + self.batch_size]
-                ids, mask = _left_padded(flat, starts[rows], lengths[rows], head, tail, pad)
+                ids, mask = _left_padded(flat, starts[rows], lengths[rows], head=head,
+                                         tail=tail, pad=pad)
                 # With left padding, real tokens must be numbered from the row's first real
                 # token (not from column 0), as if the row had been run alone.
                 positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0) + offset
@@ -254,7 +255,7 @@ class HFRater:
 
 
 def _left_padded(
-    flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, head: np.ndarray,
+    flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, *, head: np.ndarray,
     tail: np.ndarray, pad: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ids, mask) of rows `head + text + tail`, left-padded to the longest row."""
