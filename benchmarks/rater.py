@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import importlib
 import inspect
 import itertools
 import json
@@ -34,10 +35,15 @@ import sys
 import tempfile
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from report import machine, write_report
+
+if TYPE_CHECKING:
+    from crediflow.select.raters.hf import HFRater
 
 _MODULES = (json, os.path, re, itertools, functools, collections, math, string, textwrap,
             shutil, statistics)
@@ -138,7 +144,7 @@ def overall_field(answer: str, scores: tuple[int, ...]) -> int:
 
 
 def generate_scores(model, tokenizer, prompts: list[list[int]], batch_size: int,
-                    scores: tuple[int, ...], max_new_tokens: int = 4,
+                    scores: tuple[int, ...], *, max_new_tokens: int = 4,
                     parse=first_digit) -> np.ndarray:
     """Greedy generate(max_new_tokens) per batch (stopping at EOS), each answer parsed by
     `parse` (-1 where it finds no score)."""
@@ -194,150 +200,241 @@ DS2_NEW_TOKENS = 32  # the JSON above is 25-30 SmolLM2 tokens
 _DIGIT_REPLY = "Reply with the overall score as one digit."
 DEMO_TEXT_BUDGET = 35  # text tokens per prompt in make demo (params.yaml select.max_prompt_tokens)
 LONG_TEXT_BUDGET = 179
+# Side-by-side rows: (instructions, template (None: the default rubric), text budget, batch).
+COMPARISONS = (("rubric", None, DEMO_TEXT_BUDGET, 16), ("rubric", None, LONG_TEXT_BUDGET, 1),
+               ("rubric", None, LONG_TEXT_BUDGET, 8),
+               ("short", SHORT_TEMPLATE, LONG_TEXT_BUDGET, 8))
+# The row also timed without prefix reuse, whose ratings give the agreement.
+MAIN_ROW = ("rubric", LONG_TEXT_BUDGET, 8)
+# Demo projection runs: (text budget, batch).
+DEMO_RUNS = ((DEMO_TEXT_BUDGET, 16), (DEMO_TEXT_BUDGET, 8), (64, 16))
+_CLOCKS = ("samples_per_s", "samples_per_cpu_s")
+# The modules whose first import `import_seconds` times.
+_TIMED_IMPORTS = ("torch", "crediflow.models.causal_lm", "crediflow.select.raters.hf",
+                  "crediflow.select.raters.prompts")
 
 
-def measure(texts_count: int = 48, demo_count: int = 96, skip_conversion: bool = False,
-            threads: int = 0) -> dict:
-    """The rater benchmark's report (see the module docstring)."""
-    load_before = os.getloadavg()[0]
+@dataclass
+class Bench:
+    """What the measurements share: the loaded model, its tokenizer and the Q/A texts."""
+
+    model: Any
+    tokenizer: Any
+    texts: list[str]
+    matched: np.ndarray  # whether each text's answer belongs to its question
+    scores: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+    def rater(self, template: str | None, budget: int, batch: int, reuse: bool = True,
+              **options) -> HFRater:
+        """An HFRater whose prompts hold `budget` text tokens after the instructions."""
+        from crediflow.select.raters.hf import HFRater
+
+        kwargs = options if template is None else {"template": template, **options}
+        probe = HFRater(self.model, self.tokenizer, **kwargs)
+        overhead = len(probe.prefix_ids) + len(probe.suffix_ids)
+        return HFRater(self.model, self.tokenizer, max_prompt_tokens=overhead + budget,
+                       batch_size=batch, reuse_prefix=reuse, **kwargs)
+
+
+def import_seconds() -> float:
+    """Wall seconds of the first import of torch, the model loader, HFRater and its prompts
+    (later imports of them come from the module cache)."""
     start = time.perf_counter()
-    import torch
+    for name in _TIMED_IMPORTS:
+        importlib.import_module(name)
+    return time.perf_counter() - start
 
+
+def load_model(skip_conversion: bool) -> tuple[Any, Any, dict]:
+    """(model, tokenizer, load timings): the first load with GGUF conversion into a temporary
+    folder (unless `skip_conversion`), then the best of two cached loads."""
     from crediflow.models.causal_lm import load_causal_lm
-    from crediflow.select.raters.hf import HFRater
-    from crediflow.select.raters.prompts import DEFAULT_TEMPLATE
-    import_s = time.perf_counter() - start
-    if threads:
-        torch.set_num_threads(threads)
 
-    result: dict = {"benchmark": "rater", "model": "SmolLM2-135M-Instruct (GGUF Q4_1 -> fp32)",
-                    "import_seconds": round(import_s, 2)}
+    timings: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         if skip_conversion:
             folder = None
         else:
             folder = Path(tmp) / "smollm2"
             _, seconds, cpu = timed(lambda: load_causal_lm(cache_dir=folder))
-            result["first_load_with_gguf_conversion_seconds"] = {"wall": round(seconds, 1),
-                                                                 "cpu": round(cpu, 1)}
+            timings["first_load_with_gguf_conversion_seconds"] = {"wall": round(seconds, 1),
+                                                                  "cpu": round(cpu, 1)}
         (model, tokenizer), seconds, cpu = timed(lambda: load_causal_lm(cache_dir=folder),
                                                  repeat=2)
-        result["cached_load_seconds"] = {"wall": round(seconds, 2), "cpu": round(cpu, 2)}
+        timings["cached_load_seconds"] = {"wall": round(seconds, 2), "cpu": round(cpu, 2)}
     model.generation_config.max_length = None
+    return model, tokenizer, timings
 
-    texts, matched = qa_texts(texts_count)
-    result["texts"] = len(texts)
-    result["torch_threads"] = torch.get_num_threads()
-    scores = (1, 2, 3, 4, 5)
 
-    def rater(template: str | None, budget: int, batch: int, reuse: bool = True,
-              **options) -> HFRater:
-        """An HFRater whose prompts hold `budget` text tokens after the instructions."""
-        kwargs = options if template is None else {"template": template, **options}
-        probe = HFRater(model, tokenizer, **kwargs)
-        overhead = len(probe.prefix_ids) + len(probe.suffix_ids)
-        return HFRater(model, tokenizer, max_prompt_tokens=overhead + budget, batch_size=batch,
-                       reuse_prefix=reuse, **kwargs)
+def token_facts(bench: Bench) -> dict:
+    """Token counts of the texts and of the instructions before and after the text."""
+    text_tokens = token_counts(bench.tokenizer, bench.texts)
+    probe = bench.rater(None, DEMO_TEXT_BUDGET, 1)
+    short = bench.rater(SHORT_TEMPLATE, DEMO_TEXT_BUDGET, 1)
+    return {
+        "text_tokens": {"median": int(np.median(text_tokens)),
+                        "p90": int(np.percentile(text_tokens, 90)),
+                        "max": int(text_tokens.max())},
+        "instruction_tokens": {
+            name: {"before_text": len(r.prefix_ids), "after_text": len(r.suffix_ids)}
+            for name, r in (("default_rubric", probe), ("short", short))},
+    }
 
-    def ds2_generate(budget: int, batch: int) -> dict:
-        """samples/s of DS2-style rating: the rubric asking for the JSON of DS2_ANSWER,
-        greedy generate() of up to DS2_NEW_TOKENS tokens, the "overall" field parsed."""
-        template = DEFAULT_TEMPLATE.replace(_DIGIT_REPLY, DS2_ANSWER)
-        assert template != DEFAULT_TEMPLATE, "the default template's reply clause changed"
-        prompts = rater(template, budget, batch, answer_prefix="").encode(texts)
-        parsed, seconds, cpu = timed(lambda: generate_scores(
-            model, tokenizer, prompts, batch, scores, DS2_NEW_TOKENS, overall_field))
-        return {**per_s(len(texts), seconds, cpu), "max_new_tokens": DS2_NEW_TOKENS,
-                "unparseable": int((parsed < 0).sum())}
 
-    text_tokens = token_counts(tokenizer, texts)
-    result["text_tokens"] = {"median": int(np.median(text_tokens)),
-                             "p90": int(np.percentile(text_tokens, 90)),
-                             "max": int(text_tokens.max())}
-    probe = rater(None, DEMO_TEXT_BUDGET, 1)
-    short = rater(SHORT_TEMPLATE, DEMO_TEXT_BUDGET, 1)
-    result["instruction_tokens"] = {
-        name: {"before_text": len(r.prefix_ids), "after_text": len(r.suffix_ids)}
-        for name, r in (("default_rubric", probe), ("short", short))}
-
-    full_prompts = rater(None, LONG_TEXT_BUDGET, 1).encode(texts)
+def bare_forward(bench: Bench) -> dict:
+    """Tokens/s of the bare forward pass on the full prompts (179 text tokens), batch 1 and 8."""
+    model, tokenizer = bench.model, bench.tokenizer
+    full_prompts = bench.rater(None, LONG_TEXT_BUDGET, 1).encode(bench.texts)
     forward_tokens_per_s(model, tokenizer, full_prompts[:4], 4)  # warm-up
-    result["bare_forward_tokens_per_s"] = {
-        f"batch_{b}": forward_tokens_per_s(model, tokenizer, full_prompts, b) for b in (1, 8)}
+    return {f"batch_{b}": forward_tokens_per_s(model, tokenizer, full_prompts, b)
+            for b in (1, 8)}
 
-    # Side by side on the same prompt tokens (instructions, truncated text, answer prefix):
-    # HFRater's one forward pass against greedy generate() of up to 4 tokens + parsing.
-    comparisons, reference = [], None
-    for name, template, budget, batch in [
-        ("rubric", None, DEMO_TEXT_BUDGET, 16), ("rubric", None, LONG_TEXT_BUDGET, 1),
-        ("rubric", None, LONG_TEXT_BUDGET, 8), ("short", SHORT_TEMPLATE, LONG_TEXT_BUDGET, 8),
-    ]:
-        row: dict = {"instructions": name, "text_budget_tokens": budget, "batch_size": batch}
-        main_row = (name, budget, batch) == ("rubric", LONG_TEXT_BUDGET, 8)
-        for reuse in (True, False) if main_row else (True,):
-            one_pass = rater(template, budget, batch, reuse)
-            one_pass.rate(texts[:2])  # warm-up; the shared prefix is computed once per rater
-            ratings, seconds, cpu = timed(lambda r=one_pass: r.rate(texts))
-            row["hf_rater" if reuse else "hf_rater_without_prefix_reuse"] = per_s(
-                len(texts), seconds, cpu)
-            if reuse and main_row:
-                reference = ratings
-        prompts = one_pass.encode(texts)  # the same prompt tokens, whatever reuse_prefix
-        generated, seconds, cpu = timed(
-            lambda p=prompts, b=batch: generate_scores(model, tokenizer, p, b, scores))
-        row["generate"] = {**per_s(len(texts), seconds, cpu),
-                           "max_new_tokens": 4, "unparseable": int((generated < 0).sum())}
-        row["speedup"] = {clock: round(row["hf_rater"][clock] / row["generate"][clock], 2)
-                          for clock in ("samples_per_s", "samples_per_cpu_s")}
-        if name == "rubric" and batch > 1:
-            ds2 = ds2_generate(budget, batch)
-            row["generate_ds2_answer"] = ds2
-            row["speedup_vs_ds2_answer"] = {
-                clock: round(row["hf_rater"][clock] / ds2[clock], 2)
-                for clock in ("samples_per_s", "samples_per_cpu_s")}
-        if main_row:
-            row["speedup_without_prefix_reuse"] = round(
-                row["hf_rater_without_prefix_reuse"]["samples_per_cpu_s"]
-                / row["generate"]["samples_per_cpu_s"], 2)
-            parsed = generated >= 0
-            both = reference.argmax[parsed], generated[parsed]
-            result["agreement"] = {
-                "argmax_equals_generated_digit": round(float(np.mean(both[0] == both[1])), 3)
-                if parsed.any() else None,
-                "generate_unparseable": int((~parsed).sum()),
-                "rater_argmax_counts": {str(k): int((reference.argmax == k).sum())
-                                        for k in scores},
-                "mean_expected_matched_answers": round(float(reference.expected[matched].mean()),
-                                                       3),
-                "mean_expected_mismatched_answers": round(
-                    float(reference.expected[~matched].mean()), 3),
-            }
+
+def speedup(fast: dict, slow: dict) -> dict[str, float]:
+    """Ratio of two throughputs, by wall clock and by CPU time."""
+    return {clock: round(fast[clock] / slow[clock], 2) for clock in _CLOCKS}
+
+
+def time_rater(bench: Bench, template: str | None, budget: int, batch: int,
+               reuse: bool = True) -> tuple[Any, dict, HFRater]:
+    """(ratings, samples/s, the rater) of one HFRater on the texts, after a warm-up."""
+    texts = bench.texts
+    one_pass = bench.rater(template, budget, batch, reuse)
+    one_pass.rate(texts[:2])  # warm-up; the shared prefix is computed once per rater
+    ratings, seconds, cpu = timed(lambda: one_pass.rate(texts))
+    return ratings, per_s(len(texts), seconds, cpu), one_pass
+
+
+def time_generate(bench: Bench, prompts: list[list[int]], batch: int) -> tuple[np.ndarray, dict]:
+    """(parsed digits, samples/s) of greedy generate() of up to 4 tokens + parsing."""
+    model, tokenizer, scores = bench.model, bench.tokenizer, bench.scores
+    generated, seconds, cpu = timed(
+        lambda: generate_scores(model, tokenizer, prompts, batch, scores))
+    return generated, {**per_s(len(bench.texts), seconds, cpu),
+                       "max_new_tokens": 4, "unparseable": int((generated < 0).sum())}
+
+
+def ds2_generate(bench: Bench, budget: int, batch: int) -> dict:
+    """samples/s of DS2-style rating: the rubric asking for the JSON of DS2_ANSWER,
+    greedy generate() of up to DS2_NEW_TOKENS tokens, the "overall" field parsed."""
+    from crediflow.select.raters.prompts import DEFAULT_TEMPLATE
+
+    template = DEFAULT_TEMPLATE.replace(_DIGIT_REPLY, DS2_ANSWER)
+    assert template != DEFAULT_TEMPLATE, "the default template's reply clause changed"
+    prompts = bench.rater(template, budget, batch, answer_prefix="").encode(bench.texts)
+    model, tokenizer, scores = bench.model, bench.tokenizer, bench.scores
+    parsed, seconds, cpu = timed(lambda: generate_scores(
+        model, tokenizer, prompts, batch, scores, max_new_tokens=DS2_NEW_TOKENS,
+        parse=overall_field))
+    return {**per_s(len(bench.texts), seconds, cpu), "max_new_tokens": DS2_NEW_TOKENS,
+            "unparseable": int((parsed < 0).sum())}
+
+
+def compare(bench: Bench, name: str, template: str | None, budget: int,
+            batch: int) -> tuple[dict, Any, np.ndarray]:
+    """(row, HFRater's ratings, generated digits) of one side-by-side comparison on the same
+    prompt tokens (instructions, truncated text, answer prefix): HFRater's one forward pass
+    against greedy generate() of up to 4 tokens + parsing, and for the rubric in batches
+    against DS2's JSON answer; MAIN_ROW is also timed without prefix reuse."""
+    main_row = (name, budget, batch) == MAIN_ROW
+    row: dict = {"instructions": name, "text_budget_tokens": budget, "batch_size": batch}
+    reference, row["hf_rater"], one_pass = time_rater(bench, template, budget, batch)
+    if main_row:
+        _, row["hf_rater_without_prefix_reuse"], one_pass = time_rater(
+            bench, template, budget, batch, reuse=False)
+    prompts = one_pass.encode(bench.texts)  # the same prompt tokens, whatever reuse_prefix
+    generated, row["generate"] = time_generate(bench, prompts, batch)
+    row["speedup"] = speedup(row["hf_rater"], row["generate"])
+    if name == "rubric" and batch > 1:
+        row["generate_ds2_answer"] = ds2_generate(bench, budget, batch)
+        row["speedup_vs_ds2_answer"] = speedup(row["hf_rater"], row["generate_ds2_answer"])
+    if main_row:
+        row["speedup_without_prefix_reuse"] = round(
+            row["hf_rater_without_prefix_reuse"]["samples_per_cpu_s"]
+            / row["generate"]["samples_per_cpu_s"], 2)
+    return row, reference, generated
+
+
+def agreement(bench: Bench, reference, generated: np.ndarray) -> dict:
+    """How the generated digits agree with HFRater's most likely scores, and HFRater's
+    expected scores of matched and mismatched answers."""
+    parsed = generated >= 0
+    both = reference.argmax[parsed], generated[parsed]
+    return {
+        "argmax_equals_generated_digit": round(float(np.mean(both[0] == both[1])), 3)
+        if parsed.any() else None,
+        "generate_unparseable": int((~parsed).sum()),
+        "rater_argmax_counts": {str(k): int((reference.argmax == k).sum())
+                                for k in bench.scores},
+        "mean_expected_matched_answers": round(
+            float(reference.expected[bench.matched].mean()), 3),
+        "mean_expected_mismatched_answers": round(
+            float(reference.expected[~bench.matched].mean()), 3),
+    }
+
+
+def side_by_side(bench: Bench) -> tuple[list[dict], dict]:
+    """(the COMPARISONS rows, the agreement on MAIN_ROW), each row's speed-up on stderr."""
+    rows, agreed = [], {}
+    for name, template, budget, batch in COMPARISONS:
+        row, reference, generated = compare(bench, name, template, budget, batch)
+        if (name, budget, batch) == MAIN_ROW:
+            agreed = agreement(bench, reference, generated)
         print(f"{name} budget={budget} batch={batch}: {row['speedup']}", file=sys.stderr)
-        comparisons.append(row)
-    result["side_by_side"] = comparisons
-    result["goal"] = "hf rater >= 5x the samples/s of generate() + parsing"
+        rows.append(row)
+    return rows, agreed
 
-    # Projection for the demo: 2,000 short Q/A records (median ~60 text tokens). Per-row cost is
-    # the text (capped by the budget) plus the closing tokens; the instructions are shared.
+
+def demo_projection(bench: Bench, demo_count: int) -> dict:
+    """Projection for the demo: 2,000 short Q/A records (median ~60 text tokens). Per-row cost
+    is the text (capped by the budget) plus the closing tokens; the instructions are shared."""
     demo = demo_texts(demo_count)
-    demo_tokens = token_counts(tokenizer, demo)
-    projection = []
-    for budget, batch in [(DEMO_TEXT_BUDGET, 16), (DEMO_TEXT_BUDGET, 8), (64, 16)]:
-        one_pass = rater(None, budget, batch)
+    demo_tokens = token_counts(bench.tokenizer, demo)
+    runs = []
+    for budget, batch in DEMO_RUNS:
+        one_pass = bench.rater(None, budget, batch)
         one_pass.rate(demo[:2])
         _, seconds, cpu = timed(lambda r=one_pass: r.rate(demo))
-        projection.append({"text_budget_tokens": budget,
-                           "max_prompt_tokens": one_pass.max_prompt_tokens,
-                           "batch_size": batch, **per_s(len(demo), seconds, cpu),
-                           "projected_seconds_for_2000": round(2000 * seconds / len(demo)),
-                           "projected_cpu_seconds_for_2000": round(2000 * cpu / len(demo))})
-    result["demo_projection"] = {
+        runs.append({"text_budget_tokens": budget,
+                     "max_prompt_tokens": one_pass.max_prompt_tokens,
+                     "batch_size": batch, **per_s(len(demo), seconds, cpu),
+                     "projected_seconds_for_2000": round(2000 * seconds / len(demo)),
+                     "projected_cpu_seconds_for_2000": round(2000 * cpu / len(demo))})
+    return {
         "texts": len(demo),
         "text_tokens_median": int(np.median(demo_tokens)),
         "text_tokens_p90": int(np.percentile(demo_tokens, 90)),
-        "runs": projection,
+        "runs": runs,
         "goal": "2000 records < 240 s",
     }
+
+
+def measure(texts_count: int = 48, demo_count: int = 96, skip_conversion: bool = False,
+            threads: int = 0) -> dict:
+    """The rater benchmark's report (see the module docstring)."""
+    load_before = os.getloadavg()[0]
+    import_s = import_seconds()
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+    result: dict = {"benchmark": "rater", "model": "SmolLM2-135M-Instruct (GGUF Q4_1 -> fp32)",
+                    "import_seconds": round(import_s, 2)}
+    model, tokenizer, load_timings = load_model(skip_conversion)
+    result.update(load_timings)
+
+    texts, matched = qa_texts(texts_count)
+    bench = Bench(model, tokenizer, texts, matched)
+    result["texts"] = len(texts)
+    result["torch_threads"] = torch.get_num_threads()
+    result.update(token_facts(bench))
+    result["bare_forward_tokens_per_s"] = bare_forward(bench)
+    rows, agreed = side_by_side(bench)
+    result["agreement"] = agreed
+    result["side_by_side"] = rows
+    result["goal"] = "hf rater >= 5x the samples/s of generate() + parsing"
+    result["demo_projection"] = demo_projection(bench, demo_count)
     result["load_average_1min"] = {"before": round(load_before, 2),
                                    "after": round(os.getloadavg()[0], 2)}
     result["machine"] = machine(f"torch {torch.__version__}")
