@@ -81,7 +81,7 @@ def handwritten_oof(x: np.ndarray, y: np.ndarray, k: int, folds: int, seed: int)
     return probs
 
 
-def sklearn_oof(x: np.ndarray, y: np.ndarray, k: int, folds: int, seed: int,
+def sklearn_oof(x: np.ndarray, y: np.ndarray, k: int, folds: int, seed: int, *,
                 c: float | None = None) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import PredefinedSplit, cross_val_predict
