@@ -54,7 +54,7 @@ def audit_labels(
     k: int = 10,
     rounds: int = 50,
     epochs: int = 21,
-    detector: str = "knn",
+    detector: str = "probe",
     seed: int = 0,
     classes: Sequence[str] | None = None,
 ) -> AuditResult:

@@ -78,51 +78,88 @@ def knn_detect(
         raise InputError(f"{y.size} labels for a graph of {graph.indices.shape[0]} rows",
                          field="labels")
     check_subsampling(epochs, "epochs", sample_fraction)
-    n = y.size
-    rates = flag_rates(T, p, np.bincount(y, minlength=k) / n)
-    rng = np.random.default_rng(seed)
-    nb_labels = y[graph.indices].astype(np.min_scalar_type(k))
-    weights = np.maximum(graph.sims, 0.0)
-    weights[weights.sum(axis=1) == 0] = 1.0  # no similar neighbour: plain majority vote
-    size = max(1, min(n, round(sample_fraction * n)))
+    rates = flag_rates(T, p, np.bincount(y, minlength=k) / y.size)
+    votes = _Votes.of(y, graph, k)
+    tally = _tally_epochs(votes, rates, epochs=epochs, sample_fraction=sample_fraction,
+                          seed=seed)
+    return _verdicts(votes, tally, rates)
 
-    drawn_in = np.zeros(n, dtype=np.int32)
-    flagged_in = np.zeros(n, dtype=np.int32)
-    share_sum = np.zeros((n, k), dtype=np.float64)
-    winner_count = np.zeros(n * k, dtype=np.int32)
-    winner_share = np.zeros(n * k, dtype=np.float64)
+
+@dataclass
+class _Votes:
+    """What every epoch's vote needs: labels, neighbour labels and vote weights."""
+
+    y: np.ndarray  # (N,) class of each row
+    k: int  # number of classes
+    indices: np.ndarray  # (N, m) neighbours
+    nb_labels: np.ndarray  # (N, m) their classes
+    weights: np.ndarray  # (N, m) non-negative vote weights
+
+    @classmethod
+    def of(cls, y: np.ndarray, graph: KnnGraph, k: int) -> _Votes:
+        weights = np.maximum(graph.sims, 0.0)
+        weights[weights.sum(axis=1) == 0] = 1.0  # no similar neighbour: plain majority vote
+        return cls(y, k, graph.indices, y[graph.indices].astype(np.min_scalar_type(k)), weights)
+
+    def shares(self, rows: np.ndarray, drawn: np.ndarray) -> np.ndarray:
+        """(len(rows), k) similarity-weighted vote shares from each row's drawn neighbours."""
+        return _vote_shares(rows, self.indices, self.nb_labels, self.weights, drawn, k=self.k)
+
+
+@dataclass
+class _Tally:
+    """Per-row counts over the epochs."""
+
+    drawn_in: np.ndarray  # (N,) epochs the row was drawn in
+    flagged_in: np.ndarray  # (N,) epochs that flagged it
+    share_sum: np.ndarray  # (N, k) summed vote shares
+    winner_count: np.ndarray  # (N * k,) epochs that flagged the row with each winner
+    winner_share: np.ndarray  # (N * k,) summed share of that winner there
+
+
+def _tally_epochs(votes: _Votes, rates: np.ndarray, *, epochs: int, sample_fraction: float,
+                  seed: int) -> _Tally:
+    """Run the epochs: draw rows, vote, flag the top r_j of each class whose label loses."""
+    n, k, y = votes.y.size, votes.k, votes.y
+    rng = np.random.default_rng(seed)
+    size = max(1, min(n, round(sample_fraction * n)))
+    tally = _Tally(np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros((n, k)),
+                   np.zeros(n * k, np.int32), np.zeros(n * k))
     drawn = np.zeros(n, dtype=bool)
     for _ in range(epochs):
         sample = np.sort(rng.choice(n, size=size, replace=False))
         drawn[:] = False
         drawn[sample] = True
-        shares = _vote_shares(sample, graph.indices, nb_labels, weights, drawn, k)
+        shares = votes.shares(sample, drawn)
         voted = shares.sum(axis=1) > 0  # at least one neighbour was drawn
         sample, shares = sample[voted], shares[voted]
         own = y[sample]
         own_share = shares[np.arange(sample.size), own]
         winner = np.argmax(shares, axis=1)
         flagged = _top_per_class(1.0 - own_share, own, rates, rng) & (winner != own)
-        drawn_in[sample] += 1
-        share_sum[sample] += shares
-        flagged_in[sample[flagged]] += 1
+        tally.drawn_in[sample] += 1
+        tally.share_sum[sample] += shares
+        tally.flagged_in[sample[flagged]] += 1
         cell = sample[flagged] * k + winner[flagged]
-        winner_count += np.bincount(cell, minlength=n * k).astype(np.int32)
-        winner_share += np.bincount(cell, weights=shares[flagged, winner[flagged]],
-                                    minlength=n * k)
-
-    never = drawn_in == 0  # only with tiny sample_fraction * epochs
+        tally.winner_count += np.bincount(cell, minlength=n * k).astype(np.int32)
+        tally.winner_share += np.bincount(cell, weights=shares[flagged, winner[flagged]],
+                                          minlength=n * k)
+    never = tally.drawn_in == 0  # only with tiny sample_fraction * epochs
     if never.any():
         rows = np.flatnonzero(never)
-        share_sum[rows] = _vote_shares(rows, graph.indices, nb_labels, weights,
-                                       np.ones(n, dtype=bool), k)
-    class_scores = share_sum / np.maximum(drawn_in, 1)[:, None]
-    label_score = class_scores[np.arange(n), y]
-    frequency = flagged_in / np.maximum(drawn_in, 1)
-    is_issue = 2 * flagged_in > drawn_in
+        tally.share_sum[rows] = votes.shares(rows, np.ones(n, dtype=bool))
+    return tally
 
-    winner_count = winner_count.reshape(n, k)
-    mean_share = winner_share.reshape(n, k) / np.maximum(winner_count, 1)
+
+def _verdicts(votes: _Votes, tally: _Tally, rates: np.ndarray) -> Detection:
+    """Issues, scores, suggestions and confidences from the epochs' tally."""
+    n, k, y = votes.y.size, votes.k, votes.y
+    class_scores = tally.share_sum / np.maximum(tally.drawn_in, 1)[:, None]
+    label_score = class_scores[np.arange(n), y]
+    frequency = tally.flagged_in / np.maximum(tally.drawn_in, 1)
+    is_issue = 2 * tally.flagged_in > tally.drawn_in
+    winner_count = tally.winner_count.reshape(n, k)
+    mean_share = tally.winner_share.reshape(n, k) / np.maximum(winner_count, 1)
     # most frequent winner; its mean share (< 1) only breaks ties between counts
     best = np.argmax(winner_count + 0.5 * mean_share, axis=1)
     suggested = np.where(is_issue, best, y).astype(np.int64)
@@ -188,8 +225,8 @@ def combine_detections(knn: Detection, probe: Detection, labels: np.ndarray, *,
 
     Why `mean`: with 20% injected noise it matched the better single detector both on
     clusterable synthetic data (where k-NN wins) and on Rotten Tomatoes snippets embedded
-    with MiniLM (where the probe wins, F1 0.53 vs 0.41); `agree` lost a third or more of the
-    recall there, `any` a fifth of the precision.
+    with MiniLM (where the probe wins: F1 0.55 vs 0.46 for k-NN, `benchmarks/audit.py`);
+    `agree` lost a third or more of the recall there, `any` a fifth of the precision.
     """
     if rule not in COMBINE_RULES:
         raise InputError(f"unknown combine rule {rule!r}; use one of {COMBINE_RULES}",
@@ -215,7 +252,7 @@ def combine_detections(knn: Detection, probe: Detection, labels: np.ndarray, *,
 
 
 def _vote_shares(rows: np.ndarray, indices: np.ndarray, nb_labels: np.ndarray,
-                 weights: np.ndarray, drawn: np.ndarray, k: int) -> np.ndarray:
+                 weights: np.ndarray, drawn: np.ndarray, *, k: int) -> np.ndarray:
     """Similarity-weighted vote shares (len(rows), K) from each row's drawn neighbours."""
     w = weights[rows] * drawn[indices[rows]]
     cell = np.arange(rows.size, dtype=np.int64)[:, None] * k + nb_labels[rows]
