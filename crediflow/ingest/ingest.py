@@ -88,6 +88,60 @@ def ingest(
     files = [f for f in files if f.unreadable is None]
     paths = [f.path for f in files]  # URLs for remote files
     rejects = [r for f in files for r in f.rejects]
+    batch, record_key = _canonical(files, paths, rejects)
+
+    exact = record_key.to_pandas().duplicated(keep="first").to_numpy()
+    n_duplicates = int(exact.sum())
+    batch = batch.take(np.flatnonzero(~exact))
+    batch = batch.take(_id_clashes_rejected(batch, paths, rejects))
+
+    frame = contract_frame(batch.records)
+    contract = check_contract(frame, contract_rules(classes, rating_range))
+    bad = np.zeros(batch.records.num_rows, bool)
+    for rule, idx in contract.failures:
+        idx = idx[~bad[idx]]  # one reject per row: the first rule it breaks
+        values = frame[rule.column].to_numpy()[idx]
+        rejects += batch.origin.rejects(idx, paths, rule.field, [rule.reason(v) for v in values])
+        bad[idx] = True
+    batch = batch.take(np.flatnonzero(~bad))
+
+    rejected = pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA).sort_by(
+        [("file", "ascending"), ("row", "ascending")])
+    n_read = batch.records.num_rows + n_duplicates + rejected.num_rows
+    fraction = rejected.num_rows / n_read if n_read else 1.0
+    metrics = {
+        "files": len(paths),
+        "rows_read": n_read,
+        "rows_out": batch.records.num_rows,
+        "rejected": rejected.num_rows,
+        "reject_fraction": round(fraction, 6),
+        "duplicates_dropped": n_duplicates,
+        **_counts(batch, rejects),
+        "rows_breaking_contract": int(bad.sum()),
+        "skipped_files": skipped,
+    }
+    if batch.records.num_rows == 0 or fraction > max_reject_fraction:
+        raise TooManyRejectsError(_too_many(rejected, fraction, max_reject_fraction, source))
+    return IngestResult(batch.records, rejected, metrics, contract.summary)
+
+
+@dataclass
+class _Batch:
+    """Records with each row's source format and origin, kept aligned."""
+
+    records: pa.Table
+    formats: np.ndarray
+    origin: _Origin
+
+    def take(self, idx: np.ndarray) -> _Batch:
+        return _Batch(self.records.take(pa.array(idx, pa.int64())), self.formats[idx],
+                      self.origin.take(idx))
+
+
+def _canonical(files: Sequence[RawFile], paths: list[str],
+               rejects: list[dict]) -> tuple[_Batch, pa.Array]:
+    """Every row with a conversation as a canonical record (rows without one go to
+    `rejects`), and each record's content key (everything but its id)."""
     raw = pa.concat_tables([f.table for f in files])
     origin = _Origin(
         np.repeat(np.arange(len(files)), [f.table.num_rows for f in files]),
@@ -95,7 +149,6 @@ def ingest(
         np.concatenate([f.lines if f.lines is not None else np.full(f.table.num_rows, -1)
                         for f in files]),
     )
-
     formats = detect_formats(raw)
     unknown = np.flatnonzero(formats == NO_FORMAT)
     rejects += origin.rejects(
@@ -127,59 +180,33 @@ def ingest(
         },
         schema=RECORD_SCHEMA,
     )
+    return _Batch(records, formats, origin), record_key
 
-    exact = record_key.to_pandas().duplicated(keep="first").to_numpy()
-    keep = np.flatnonzero(~exact)
-    n_duplicates = int(exact.sum())
-    records, formats, origin = records.take(pa.array(keep)), formats[keep], origin.take(keep)
 
-    # the same id on different content: the first one stands, later ones are rejected
-    ids = records.column(ID).to_pandas()
+def _id_clashes_rejected(batch: _Batch, paths: list[str], rejects: list[dict]) -> np.ndarray:
+    """Rows to keep: the same id on different content keeps its first row; later ones go to
+    `rejects`, naming where the id was first seen."""
+    ids = batch.records.column(ID).to_pandas()
     clash = np.flatnonzero(ids.duplicated(keep="first").to_numpy())
     first = ids.drop_duplicates(keep="first")
     first_at = pd.Series(np.flatnonzero(~ids.duplicated(keep="first").to_numpy()), index=first)
-    rejects += origin.rejects(
+    rejects += batch.origin.rejects(
         clash, paths, ID,
         [f"duplicate id {ids.iat[i]!r} "
-         f"(first seen in {_where(origin, paths, first_at[ids.iat[i]])})" for i in clash],
+         f"(first seen in {_where(batch.origin, paths, first_at[ids.iat[i]])})" for i in clash],
     )
-    keep = np.setdiff1d(np.arange(records.num_rows), clash)
-    records, formats, origin = records.take(pa.array(keep)), formats[keep], origin.take(keep)
+    return np.setdiff1d(np.arange(batch.records.num_rows), clash)
 
-    frame = contract_frame(records)
-    contract = check_contract(frame, contract_rules(classes, rating_range))
-    bad = np.zeros(records.num_rows, bool)
-    for rule, idx in contract.failures:
-        idx = idx[~bad[idx]]  # one reject per row: the first rule it breaks
-        values = frame[rule.column].to_numpy()[idx]
-        rejects += origin.rejects(idx, paths, rule.field, [rule.reason(v) for v in values])
-        bad[idx] = True
-    good = np.flatnonzero(~bad)
-    records, formats = records.take(pa.array(good)), formats[good]
 
-    rejected = pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA).sort_by(
-        [("file", "ascending"), ("row", "ascending")])
-    n_read = records.num_rows + n_duplicates + rejected.num_rows
-    fraction = rejected.num_rows / n_read if n_read else 1.0
-    metrics = {
-        "files": len(paths),
-        "rows_read": n_read,
-        "rows_out": records.num_rows,
-        "rejected": rejected.num_rows,
-        "reject_fraction": round(fraction, 6),
-        "duplicates_dropped": n_duplicates,
-        "formats": {FORMAT_NAMES[c]: int(n) for c, n in zip(*np.unique(formats, return_counts=True),
-                                                            strict=True)},
-        "labels": dict(Counter(records.column(LABEL).to_pylist())) if records.num_rows else {},
-        "reject_reasons": dict(Counter(f"{r['field'] or 'row'}: {r['reason'].split(' (')[0]}"
-                                       for r in rejects).most_common(10)),
-        "rows_breaking_contract": int(bad.sum()),
-        "skipped_files": skipped,
-    }
-    metrics["labels"] = {str(k): v for k, v in metrics["labels"].items()}
-    if records.num_rows == 0 or fraction > max_reject_fraction:
-        raise TooManyRejectsError(_too_many(rejected, fraction, max_reject_fraction, source))
-    return IngestResult(records, rejected, metrics, contract.summary)
+def _counts(batch: _Batch, rejects: list[dict]) -> dict:
+    """Rows per source format and per label, and the most common reject reasons."""
+    formats = {FORMAT_NAMES[c]: int(n)
+               for c, n in zip(*np.unique(batch.formats, return_counts=True), strict=True)}
+    labels = (Counter(batch.records.column(LABEL).to_pylist())
+              if batch.records.num_rows else Counter())
+    reasons = Counter(f"{r['field'] or 'row'}: {r['reason'].split(' (')[0]}" for r in rejects)
+    return {"formats": formats, "labels": {str(k): v for k, v in labels.items()},
+            "reject_reasons": dict(reasons.most_common(10))}
 
 
 def _unreadable_files(files: Sequence[RawFile], skip: bool) -> list[dict]:
