@@ -137,20 +137,10 @@ def _select(args: argparse.Namespace) -> None:
         raise ConfigError(exc.reason, source=_CLI, key="budget") from None
     if cfg.rater == "hf":
         ratings[usable] = _rate_hf(cfg, texts[usable])
-    try:
-        result = curate_and_select(ratings[usable], _embed(args, texts[usable]), cfg.budget,
-                                   bins=cfg.bins, k=cfg.k, rounds=cfg.rounds, epochs=cfg.epochs,
-                                   threshold=cfg.threshold, seed=cfg.seed)
-    except ValueError as exc:
-        raise InputError(str(exc), file=args.file, field=args.rating_column or RATING) from None
-    print("score transition matrix T[true class, observed class]:")
-    for row in result.T:
-        print("  " + "  ".join(f"{v:.3f}" for v in row))
-    print(f"credibility of the ratings: {result.credibility:.3f}")
-    moved = int((result.curated_class != result.raw_class).sum())
-    print(f"curated: {moved} of {n} ratings moved "
-          f"({', '.join(f'{k}: {v}' for k, v in sorted(result.moves.items())) or 'none'})")
-    print(f"selected {int(result.selected.sum())} of {n} rows")
+    result = curate_and_select(ratings[usable], _embed(args, texts[usable]), cfg.budget,
+                               bins=cfg.bins, k=cfg.k, rounds=cfg.rounds, epochs=cfg.epochs,
+                               threshold=cfg.threshold, seed=cfg.seed)
+    _print_curation(result, n)
     if args.out:
         added = {CURATED_RATING: pa.array(result.curated_rating),
                  LONG_TAIL_SCORE: pa.array(result.long_tail),
@@ -161,17 +151,25 @@ def _select(args: argparse.Namespace) -> None:
 
 
 def _rate_hf(cfg: SelectConfig, texts: np.ndarray) -> np.ndarray:
-    """Ratings of `texts` by a local causal LM (cfg.model; the packaged SmolLM2 by default)."""
-    from crediflow.models.causal_lm import DEFAULT_LLM, load_causal_lm
-    from crediflow.select.raters.hf import HFRater
+    """Ratings of `texts` by a local causal LM (cfg.model; the packaged SmolLM2 by default),
+    through the select stage's own rating code (no cache on the command line)."""
+    from crediflow.select.rating import rate
 
-    model, tokenizer = load_causal_lm(cfg.model)
-    options = {"template": cfg.template} if cfg.template is not None else {}
-    rater = HFRater(model, tokenizer, max_prompt_tokens=cfg.max_prompt_tokens,
-                    batch_size=cfg.batch_size, model_id=cfg.model or DEFAULT_LLM,
-                    answer_prefix=cfg.answer_prefix, **options)
-    rated = rater.rate([str(t) for t in texts])
-    return rated.argmax.astype(float) if cfg.score == "argmax" else rated.expected
+    return rate([str(t) for t in texts], cfg).rating
+
+
+def _print_curation(result, n: int) -> None:
+    """The score transition matrix, the credibility, the moves and the selection."""
+    print("score transition matrix T[true class, observed class]:")
+    for row in result.T:
+        print("  " + "  ".join(f"{v:.3f}" for v in row))
+    print(f"credibility of the ratings: {result.credibility:.3f}")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    moved = int((result.curated_class != result.raw_class).sum())
+    print(f"curated: {moved} of {n} ratings moved "
+          f"({', '.join(f'{k}: {v}' for k, v in sorted(result.moves.items())) or 'none'})")
+    print(f"selected {int(result.selected.sum())} of {n} rows")
 
 
 def _print_audit(audit, texts, labels, where: list[str], top: int) -> None:
