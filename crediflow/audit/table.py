@@ -9,6 +9,12 @@ import pandas as pd
 import pyarrow as pa
 
 from crediflow.audit.credibility import AuditResult, audit_labels
+from crediflow.data.schema import (
+    LABEL_ISSUE,
+    LABEL_SCORE,
+    SUGGESTED_LABEL,
+    SUGGESTION_CONFIDENCE,
+)
 from crediflow.errors import InputError
 
 
@@ -45,10 +51,10 @@ def audit_label_column(labels: np.ndarray, embeddings: np.ndarray,
     det = result.detection
     suggested = np.asarray(result.classes, dtype=object)[det.suggested]
     columns = {}
-    for name, values, type_ in (("label_issue", det.is_issue, pa.bool_()),
-                                ("label_score", det.label_score, pa.float64()),
-                                ("suggested_label", suggested, pa.string()),
-                                ("suggestion_confidence", det.confidence, pa.float64())):
+    for name, values, type_ in ((LABEL_ISSUE, det.is_issue, pa.bool_()),
+                                (LABEL_SCORE, det.label_score, pa.float64()),
+                                (SUGGESTED_LABEL, suggested, pa.string()),
+                                (SUGGESTION_CONFIDENCE, det.confidence, pa.float64())):
         full = np.full(len(labels), None, dtype=object)
         full[labelled] = values
         columns[name] = pa.array(full, type=type_)

@@ -16,7 +16,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from crediflow.data.schema import ROLES
+from crediflow.data.schema import (
+    CONTENT,
+    ID,
+    LABEL,
+    MESSAGES_COLUMN,
+    RATING,
+    ROLE,
+    ROLES,
+    SOURCE,
+)
 
 
 @dataclass(frozen=True)
@@ -35,41 +44,41 @@ def contract_rules(
 ) -> list[Rule]:
     """The rules a canonical record must satisfy, given the configured classes and rating range."""
     rules = [
-        Rule("id", "id", lambda v: "missing id", "ExpectColumnValuesToNotBeNull", {}),
-        Rule("id", "id", lambda v: f"duplicate id {v!r}", "ExpectColumnValuesToBeUnique", {}),
-        Rule("source", "source", lambda v: "missing source", "ExpectColumnValuesToNotBeNull", {}),
-        Rule("n_turns", "messages", lambda v: "the conversation has no turns",
+        Rule(ID, ID, lambda v: "missing id", "ExpectColumnValuesToNotBeNull", {}),
+        Rule(ID, ID, lambda v: f"duplicate id {v!r}", "ExpectColumnValuesToBeUnique", {}),
+        Rule(SOURCE, SOURCE, lambda v: "missing source", "ExpectColumnValuesToNotBeNull", {}),
+        Rule("n_turns", MESSAGES_COLUMN, lambda v: "the conversation has no turns",
              "ExpectColumnValuesToBeBetween", {"min_value": 1}),
-        Rule("n_empty_turns", "messages.content",
+        Rule("n_empty_turns", f"{MESSAGES_COLUMN}.{CONTENT}",
              lambda v: f"{v} turn(s) with empty content",
              "ExpectColumnValuesToBeBetween", {"min_value": 0, "max_value": 0}),
-        Rule("first_bad_role", "messages.role",
+        Rule("first_bad_role", f"{MESSAGES_COLUMN}.{ROLE}",
              lambda v: f"role {v!r} is not one of {', '.join(ROLES)}",
              "ExpectColumnValuesToBeNull", {}),
-        Rule("has_assistant", "messages", lambda v: "no assistant turn to learn from",
+        Rule("has_assistant", MESSAGES_COLUMN, lambda v: "no assistant turn to learn from",
              "ExpectColumnValuesToBeInSet", {"value_set": [True]}),
     ]
     if classes:
         allowed = ", ".join(classes)
-        rules.append(Rule("label", "label",
+        rules.append(Rule(LABEL, LABEL,
                           lambda v: f"unknown label {v!r}; expected one of {allowed}",
                           "ExpectColumnValuesToBeInSet", {"value_set": list(classes)}))
     if rating_range:
         lo, hi = rating_range
-        rules.append(Rule("rating", "rating", lambda v: f"rating {v} is outside [{lo}, {hi}]",
+        rules.append(Rule(RATING, RATING, lambda v: f"rating {v} is outside [{lo}, {hi}]",
                           "ExpectColumnValuesToBeBetween", {"min_value": lo, "max_value": hi}))
     return rules
 
 
 def contract_frame(records: pa.Table) -> pd.DataFrame:
     """The per-record quantities the contract checks, one row per record."""
-    messages = records.column("messages").combine_chunks()
+    messages = records.column(MESSAGES_COLUMN).combine_chunks()
     n = len(messages)
     parent = pc.list_parent_indices(messages).to_numpy()
     flat = messages.flatten()
-    content_len = pc.utf8_length(pc.utf8_trim_whitespace(flat.field("content")))
+    content_len = pc.utf8_length(pc.utf8_trim_whitespace(flat.field(CONTENT)))
     empty = pc.fill_null(pc.equal(content_len, 0), True).to_numpy(zero_copy_only=False)
-    role = flat.field("role")
+    role = flat.field(ROLE)
     bad_role = ~pc.fill_null(pc.is_in(role, value_set=pa.array(ROLES)), False).to_numpy(
         zero_copy_only=False
     )
@@ -83,14 +92,14 @@ def contract_frame(records: pa.Table) -> pd.DataFrame:
     is_assistant = pc.fill_null(pc.equal(role, "assistant"), False).to_numpy(zero_copy_only=False)
     return pd.DataFrame(
         {
-            "id": records.column("id").to_pandas(),
-            "source": records.column("source").to_pandas(),
+            ID: records.column(ID).to_pandas(),
+            SOURCE: records.column(SOURCE).to_pandas(),
             "n_turns": pc.list_value_length(messages).to_numpy(zero_copy_only=False),
             "n_empty_turns": np.bincount(parent[empty], minlength=n),
             "first_bad_role": first_bad_role,
             "has_assistant": np.bincount(parent[is_assistant], minlength=n) > 0,
-            "label": records.column("label").to_pandas(),
-            "rating": records.column("rating").to_pandas(),
+            LABEL: records.column(LABEL).to_pandas(),
+            RATING: records.column(RATING).to_pandas(),
         }
     )
 
