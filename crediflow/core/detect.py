@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from crediflow.core.knn import KnnGraph, check_subsampling
+from crediflow.core.knn import KnnGraph
+from crediflow.core.validation import check_subsampling
 from crediflow.errors import InputError
 
 RATE_FLOOR, RATE_CEIL = 0.05, 0.95

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from crediflow.core.knn import KnnGraph, check_subsampling
+from crediflow.core.knn import KnnGraph
+from crediflow.core.validation import check_subsampling
 from crediflow.errors import InputError
 
 Consensus = tuple[np.ndarray, np.ndarray, np.ndarray]

@@ -325,12 +325,3 @@ def _best_per_row(rows: np.ndarray, ids: np.ndarray, sims: np.ndarray, n: int,
     out_sims[rows[keep], rank[keep]] = sims[keep]
     out_ids[rows[keep], rank[keep]] = ids[keep]
     return out_sims, out_ids
-
-
-def check_subsampling(repeats: int, repeats_name: str, sample_fraction: float) -> None:
-    """Validate how often a graph is subsampled (rounds, epochs) and what share each keeps."""
-    if repeats < 1:
-        raise InputError(f"{repeats_name} must be at least 1, got {repeats}", field=repeats_name)
-    if not 0.0 < sample_fraction <= 1.0:
-        raise InputError(f"sample_fraction must be in (0, 1], got {sample_fraction}",
-                         field="sample_fraction")

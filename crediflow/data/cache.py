@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from crediflow.core.validation import check_strings
 from crediflow.data.formats import hash_strings
 from crediflow.errors import CrediflowError, InputError
 
@@ -354,7 +355,7 @@ class RatingCache(ShardCache):
     def keys(self, texts: Sequence[str], *, scope: str = "") -> np.ndarray:
         """The cache key of each text: a hash of (rater id, scope, text)."""
         head = hash_strings(pa.array([f"{self.rater_id}\x1f{scope}"])).to_pylist()[0]
-        joined = pc.binary_join_element_wise(head, pa.array(_strings(texts), pa.string()),
+        joined = pc.binary_join_element_wise(head, pa.array(check_strings(texts), pa.string()),
                                              "\x1f")
         return np.asarray(hash_strings(joined).to_numpy(zero_copy_only=False))
 
@@ -422,16 +423,3 @@ def _arrow(array: np.ndarray) -> pa.Array:
     if array.ndim == 1:
         return pa.array(array)
     return pa.FixedSizeListArray.from_arrays(pa.array(array.ravel()), array.shape[1])
-
-
-def _strings(texts: Sequence[str]) -> list[str]:
-    """`texts` as a list of str, or an InputError naming the first bad row."""
-    if isinstance(texts, str | bytes):
-        raise InputError("texts must be a sequence of strings, not a single string",
-                         field="texts")
-    out = list(texts)
-    bad = [i for i, t in enumerate(out) if not isinstance(t, str)]
-    if bad:
-        raise InputError(f"{len(bad)} text(s) are not strings, first at row {bad[0] + 1} "
-                         f"({type(out[bad[0]]).__name__})", field="texts")
-    return out

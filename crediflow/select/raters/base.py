@@ -40,23 +40,6 @@ class Ratings:
         return len(self.expected)
 
 
-
-
-def check_texts(texts: Sequence[str]) -> list[str]:
-    """`texts` as a list of str, or an InputError naming the first bad row."""
-    if isinstance(texts, str | bytes):
-        raise InputError("texts must be a sequence of strings, not a single string",
-                         field="texts")
-    out = list(texts)
-    bad = [i for i, t in enumerate(out) if not isinstance(t, str)]
-    if bad:
-        raise InputError(f"{len(bad)} text(s) are not strings, first at row {bad[0] + 1} "
-                         f"({type(out[bad[0]]).__name__})", field="texts")
-    return out
-
-
-
-
 def check_scores(scores: Sequence[int]) -> tuple[int, ...]:
     """At least two distinct integer score values."""
     values = tuple(scores)
@@ -81,7 +64,6 @@ def one_hot(argmax: np.ndarray, scores: tuple[int, ...]) -> np.ndarray:
     probs = np.zeros((len(argmax), len(scores)))
     probs[np.arange(len(argmax)), index] = 1.0
     return probs
-
 
 
 def ratings_from_cache(

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from crediflow.core.validation import check_strings
 from crediflow.data.cache import RatingCache
 from crediflow.errors import InputError
 from crediflow.select.raters.base import (
@@ -26,7 +27,6 @@ from crediflow.select.raters.base import (
     RaterError,
     Ratings,
     check_scores,
-    check_texts,
     ratings_from_cache,
     unique_texts,
 )
@@ -163,7 +163,7 @@ class HFRater:
 
     def rate(self, texts: Sequence[str]) -> Ratings:
         """Ratings of `texts` (cached ones are read, not recomputed; duplicates rated once)."""
-        texts = check_texts(texts)
+        texts = check_strings(texts)
         codes, uniques = unique_texts(texts)
         scores = self.scores
         if self.cache is not None:

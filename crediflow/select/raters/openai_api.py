@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from crediflow.core.validation import check_strings
 from crediflow.data.cache import RatingCache
 from crediflow.errors import InputError
 from crediflow.select.raters.base import (
@@ -26,7 +27,6 @@ from crediflow.select.raters.base import (
     RaterError,
     Ratings,
     check_scores,
-    check_texts,
     one_hot,
     positive,
     unique_texts,
@@ -136,7 +136,7 @@ class OpenAIRater:
 
     def rate(self, texts: Sequence[str]) -> Ratings:
         """Ratings of `texts`; cached ones are not requested again, duplicates once."""
-        texts = check_texts(texts)
+        texts = check_strings(texts)
         codes, uniques = unique_texts(texts)
         keys = self.cache.keys(uniques, scope=self.scope) if self.cache is not None else None
         if keys is not None:
