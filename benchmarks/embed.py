@@ -167,7 +167,7 @@ def main() -> None:
     start = time.perf_counter()
     ours = load_encoder(threads=args.threads)
     ours_load = time.perf_counter() - start
-    ours_int8 = load_encoder(quantize=True, threads=args.threads)
+    ours_int8 = load_encoder(precision="int8", threads=args.threads)
 
     from sentence_transformers import SentenceTransformer
 

@@ -255,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.run(args)
     except CrediflowError as exc:
+        if isinstance(exc, ConfigError) and exc.source is None:
+            exc = exc.with_source(_CLI)  # settings on the command line come from flags
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
 

@@ -14,6 +14,7 @@ from crediflow.data.texts import conversation_texts
 from crediflow.embed import embed_texts
 from crediflow.embed.config import EmbedConfig
 from crediflow.models.encoder import load_encoder
+from crediflow.models.precision import describe, detect_device, resolve_precision
 from tasks.catalog import Catalog, vectors_table
 from tasks.config import stage_config
 from tasks.stage import stage_main
@@ -24,11 +25,14 @@ log = logging.getLogger("crediflow.embed")
 def run() -> dict:
     """Embed the ingested records and publish dataset `embeddings`; return the metrics."""
     config = stage_config(EmbedConfig)
+    if config.precision != "int8":  # a precision the device lacks fails before any reading
+        resolve_precision(config.precision, detect_device("cpu"), stage="embed")
     catalog = Catalog()
     records = catalog.read("ingested", columns=[ID, MESSAGES_COLUMN])
     texts = conversation_texts(records.column(MESSAGES_COLUMN), roles=config.roles)
     start = time.perf_counter()
-    encoder = load_encoder(config.model, max_length=config.max_length, quantize=config.quantize)
+    encoder = load_encoder(config.model, max_length=config.max_length,
+                           precision=config.precision)
     cache = EmbeddingCache(catalog.cache("embeddings"), model_id=encoder.model_id)
     vectors, reused = embed_texts(texts, encoder, cache=cache, batch_size=config.batch_size)
     seconds = time.perf_counter() - start
@@ -40,12 +44,13 @@ def run() -> dict:
         "dim": int(vectors.shape[1]),
         "seconds": round(seconds, 2),
         "texts_per_second": round(embedded / seconds, 1) if embedded else None,
+        "resolved": describe(encoder.device, encoder.precision),
     }
     with catalog.publish("embed") as out:
         out.table("embeddings", vectors_table(records.column(ID), vectors))
         out.json("metrics.json", metrics)
-    log.info("embed: %d rows, %d reused from the cache, %d embedded in %.1f s",
-             len(texts), reused, embedded, seconds)
+    log.info("embed: %d rows, %d reused from the cache, %d embedded in %.1f s (%s on %s)",
+             len(texts), reused, embedded, seconds, encoder.precision, encoder.device.name)
     return metrics
 
 

@@ -156,13 +156,19 @@ def log_stage(
                     if path.is_file() and path.stat().st_size <= _ARTIFACT_MAX_BYTES:
                         mlflow.log_artifact(str(path),
                                             artifact_path=str(Path(entry["path"]).parent))
-        numbers = {}
+        numbers, resolved = {}, {}
         for name in metrics_files:
             path = root / name
             if path.is_file():
-                numbers |= {_metric_key(k): float(v)
-                            for k, v in flatten(json.loads(path.read_text())).items()
+                report = json.loads(path.read_text())
+                # what a stage resolved at run time (e.g. precision "auto" -> "fp32") is a
+                # parameter of the run, next to the params.yaml values it came from
+                resolved |= {f"resolved.{k}": str(v) for k, v in
+                             flatten(report.pop("resolved", None) or {}).items()}
+                numbers |= {_metric_key(k): float(v) for k, v in flatten(report).items()
                             if isinstance(v, int | float) and not isinstance(v, bool)}
+        if resolved:
+            mlflow.log_params(resolved)
         if numbers:
             mlflow.log_metrics(numbers)
         mlflow.log_dict(lock, "dvc_stage.json")

@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from crediflow.errors import CrediflowError
+from crediflow.errors import ConfigError, CrediflowError
 from tasks.settings import apply
 
 # The exit status of a stage that refused its input (sysexits' EX_DATAERR): retrying cannot help.
@@ -21,5 +21,7 @@ def stage_main(run: Callable[[], object]) -> None:
     try:
         run()
     except CrediflowError as exc:
+        if isinstance(exc, ConfigError) and exc.source is None:
+            exc = exc.with_source("params.yaml")  # a stage's settings come from params.yaml
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)

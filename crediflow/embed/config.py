@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from crediflow.config import MethodConfig, option
 from crediflow.data.schema import ROLES
+from crediflow.models.precision import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -22,5 +23,7 @@ class EmbedConfig(MethodConfig):
                                     check=lambda v: None if v else "name at least one role")
     max_length: int = option(256, "tokens per text", low=1)
     batch_size: int = option(64, "texts per forward pass", low=1)
-    quantize: bool = option(False, "int8 dynamic quantization (faster, slightly different "
-                                   "vectors)")
+    precision: str = option("auto", "auto: bf16 where the CPU computes it natively (it measures "
+                                    "at fp32's quality here), else fp32; fp32; bf16; int8: "
+                                    "dynamic quantization (faster, neighbours change)",
+                            choices=(*PRECISIONS, "int8"))

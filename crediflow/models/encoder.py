@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from crediflow.core.cpus import available_cpus
 from crediflow.data.texts import check_texts
 from crediflow.errors import CrediflowError, InputError
+from crediflow.models.precision import Device, autocast, detect_device, resolve_precision
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 DEFAULT_MAX_LENGTH = 256
@@ -64,12 +65,13 @@ class Encoder:
     dim: int
     pooling: str = "mean"
     lowercase: bool = False
-    quantized: bool = False
+    precision: str = "fp32"  # "fp32", "bf16" (autocast) or "int8" (dynamic quantization)
     fingerprint: str = ""
+    device: Device | None = None  # where it runs (the CPU) and what that reports about bf16
 
     @property
     def model_id(self) -> str:
-        """Everything that changes the vectors: weights, truncation, pooling, int8 mode.
+        """Everything that changes the vectors: weights, truncation, pooling, precision.
 
         Use it as the `EmbeddingCache` model id so that cached vectors are never mixed across
         encoders or settings.
@@ -80,8 +82,8 @@ class Encoder:
                  f"pooling={self.pooling}"]
         if self.lowercase:
             parts.append("lowercase")
-        if self.quantized:
-            parts.append("int8")
+        if self.precision != "fp32":  # fp32 keys stay as they were before precisions existed
+            parts.append(self.precision)
         return "|".join(parts)
 
     def encode(self, texts: Sequence[str] | pa.Array, *, batch_size: int = 64) -> np.ndarray:
@@ -107,7 +109,7 @@ class Encoder:
         pad_id = self.tokenizer.pad_token_id
         pad_id = 0 if pad_id is None else pad_id
         use_types = "token_type_ids" in getattr(self.tokenizer, "model_input_names", ())
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision, "cpu"):
             for begin in range(0, len(order), batch_size):
                 rows = order[begin : begin + batch_size]
                 lens = lengths[rows]
@@ -123,7 +125,7 @@ class Encoder:
                 }
                 if use_types:
                     inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
-                hidden = self.model(**inputs).last_hidden_state
+                hidden = self.model(**inputs).last_hidden_state.float()
                 pooled = _pool(hidden, inputs["attention_mask"], self.pooling)
                 norms = torch.linalg.vector_norm(pooled, dim=1)
                 bad = ~torch.isfinite(norms) | (norms < _MIN_NORM)
@@ -132,7 +134,7 @@ class Encoder:
                     raise EmbeddingError(
                         f"encoder {self.name!r} produced NaN, infinite or zero vectors for "
                         f"{len(rows_bad)} text(s), rows {rows_bad[:10].tolist()}; "
-                        "check the model weights (and the int8 mode, if on)"
+                        f"check the model weights (precision {self.precision})"
                     )
                 out[rows] = (pooled / norms[:, None]).numpy()
         return out
@@ -297,20 +299,25 @@ def load_encoder(
     name_or_path: str | None = None,
     *,
     max_length: int | None = None,
-    quantize: bool = False,
+    precision: str = "auto",
     threads: int | None = None,
 ) -> Encoder:
     """Load an encoder offline (local files only; nothing is downloaded).
 
     `max_length` is the truncation length in tokens; None takes the folder's
     sentence-transformers `max_seq_length`, else 256, within the model's position limit.
-    `quantize` converts the Linear layers to dynamic int8 (faster on CPU, slightly different
-    vectors). `threads` sets torch's intra-op threads for the whole process; None lowers
-    torch's default to the CPUs actually available (affinity and cgroup quota) when needed.
+    `precision`: "auto" (bf16 where the device computes it natively, else fp32; see
+    `crediflow.models.precision`), "fp32", "bf16", or "int8" (the Linear layers converted to
+    dynamic int8: faster on CPU, slightly different vectors). `threads` sets torch's intra-op
+    threads for the whole process; None lowers torch's default to the CPUs actually available
+    (affinity and cgroup quota) when needed. The encoder runs on the CPU.
     """
     import torch
     from transformers import AutoModel, AutoTokenizer
 
+    device = detect_device("cpu")  # a bad precision fails before the model loads
+    if precision != "int8":
+        precision = resolve_precision(precision, device, stage="embed")
     source = resolve_encoder(name_or_path)
     folder = _local_folder(source)
     model_dir, pooling, settings = _layout(folder)
@@ -327,7 +334,7 @@ def load_encoder(
                 if isinstance(getattr(model.config, key, None), int)), None)
     if dim is None:
         raise InputError(f"cannot tell the hidden size of {model_dir}", field="encoder")
-    if quantize:
+    if precision == "int8":
         model = _quantized(model)
     _set_threads(threads)
 
@@ -341,7 +348,8 @@ def load_encoder(
         dim=dim,
         pooling=pooling,
         lowercase=bool(settings.get("do_lower_case", False)),
-        quantized=quantize,
+        precision=precision,
+        device=device,
         fingerprint=_fingerprint(folder, model_dir),
     )
 

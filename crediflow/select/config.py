@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from crediflow.config import MethodConfig, option
+from crediflow.models.precision import PRECISIONS
 
 RATERS = ("column", "hf", "openai")
 SCORES = ("argmax", "expected")
@@ -61,6 +62,9 @@ class SelectConfig(MethodConfig):
     max_prompt_tokens: int = option(192, "hf: prompt tokens (instructions + the start of the "
                                          "text)", low=16)
     batch_size: int = option(16, "hf: texts per forward pass", low=1)
+    precision: str = option("auto", "hf: auto (bf16 only where the device computes it natively "
+                                    "and the rater measured the same scores in it; fp32 "
+                                    "otherwise) | fp32 | bf16", choices=PRECISIONS)
     base_url: str = option("http://127.0.0.1:8000/v1", "openai: the endpoint's base URL")
     openai_model: str = option("gpt-4o-mini", "openai: the model name")
     api_key_env: str = option("OPENAI_API_KEY", "openai: the environment variable holding the "

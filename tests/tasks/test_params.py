@@ -95,3 +95,15 @@ def test_a_missing_input_dataset_names_the_stage_to_run(tmp_path) -> None:
     result = _run_stage("fix", _params(), tmp_path)
     assert result.returncode == EXIT_BAD_INPUT
     assert "dataset 'audited' does not exist yet: run the audit stage first" in result.stderr
+
+
+def test_bf16_on_a_cpu_without_it_exits_65_naming_the_device(tmp_path) -> None:
+    from crediflow.models.precision import detect_device
+
+    result = _run_stage("embed", _params(embed={"precision": "bf16"}), tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT
+    if detect_device("cpu").bf16:  # a native bf16 CPU gets past the setting to the data
+        assert "dataset 'ingested' does not exist yet" in result.stderr
+    else:
+        assert ("params.yaml, section 'embed', key 'precision': bf16 was asked for, but the "
+                "cpu device") in result.stderr and "no native bf16 support" in result.stderr

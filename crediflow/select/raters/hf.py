@@ -1,13 +1,12 @@
-"""Two raters share one interface, `rate(texts) -> Ratings`:
+"""`HFRater`: rates texts with a local Hugging Face causal LM in ONE forward pass per batch.
 
-- `HFRater` scores with a local Hugging Face causal LM in ONE forward pass per batch: the
-  prompt ends exactly where the score comes, and the next-token distribution restricted to the
-  score tokens ("1".."5") gives probabilities, an expected score and the most likely score.
-  The instructions before the text are the same for every row, so their keys and values are
-  computed once and reused by every batch; only the text and the closing tokens cost compute.
-  The default instructions are a rubric of DS2's criteria (rarity, complexity,
-  informativeness) weighed into one overall score; their length costs this rater little.
-"""
+The prompt ends exactly where the score comes, and the next-token distribution restricted to
+the score tokens ("1".."5") gives probabilities, an expected score and the most likely score.
+The instructions before the text are the same for every row, so their keys and values are
+computed once and reused by every batch; only the text and the closing tokens cost compute.
+The default instructions are a rubric of DS2's criteria (rarity, complexity,
+informativeness) weighed into one overall score; their length costs this rater little. The
+forward passes run in the rater's precision (fp32, or bf16 under autocast)."""
 
 from __future__ import annotations
 
@@ -22,6 +21,7 @@ import numpy as np
 from crediflow.core.validation import check_strings
 from crediflow.data.cache import RatingCache
 from crediflow.errors import InputError
+from crediflow.models.precision import autocast
 from crediflow.select.raters.base import (
     DEFAULT_SCORES,
     RaterError,
@@ -67,8 +67,12 @@ class HFRater:
         model_id: str | None = None,
         reuse_prefix: bool = True,
         answer_prefix: str = DEFAULT_ANSWER_PREFIX,
+        precision: str = "fp32",
     ) -> None:
         check_template(template)
+        if precision not in ("fp32", "bf16"):
+            raise InputError(f"precision must be fp32 or bf16 (resolve auto first), got "
+                             f"{precision!r}", field="precision")
         self.scores = check_scores(scores)
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}", field="batch_size")
@@ -76,6 +80,7 @@ class HFRater:
         self.template, self.batch_size = template, batch_size
         self.max_prompt_tokens, self.cache = max_prompt_tokens, cache
         self.reuse_prefix, self.answer_prefix = reuse_prefix, answer_prefix
+        self.precision = precision
         self.score_ids = self._score_token_ids()
         self.prefix_ids, self.suffix_ids = self._frame()
         self.text_budget = max_prompt_tokens - len(self.prefix_ids) - len(self.suffix_ids)
@@ -101,6 +106,8 @@ class HFRater:
             "chat_template": getattr(self.tokenizer, "chat_template", None),
             "scores": self.scores, "max_prompt_tokens": self.max_prompt_tokens,
             "answer_prefix": self.answer_prefix,
+            # fp32 scopes stay as they were before precisions existed
+            **({"precision": self.precision} if self.precision != "fp32" else {}),
         }, sort_keys=True)
 
     def _score_token_ids(self) -> list[int]:
@@ -205,7 +212,8 @@ class HFRater:
         order = np.argsort(-lengths, kind="stable")  # similar lengths share a batch
         out = np.empty((len(texts), len(self.scores)))
         score_ids = torch.tensor(self.score_ids)
-        with torch.inference_mode():
+        device = next(self.model.parameters()).device.type
+        with torch.inference_mode(), autocast(self.precision, device):
             prefix_cache = self._shared_prefix() if use_prefix else None
             offset = len(self.prefix_ids) if use_prefix else 0
             for begin in range(0, len(order), self.batch_size):

@@ -1,3 +1,4 @@
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -169,8 +170,9 @@ def test_missing_or_blank_text_is_an_input_error(encoder, bad):
 
 
 def test_int8_mode_stays_close_to_fp32(tiny_folder, encoder):
-    int8 = load_encoder(str(tiny_folder), quantize=True)
-    assert int8.quantized and "int8" in int8.model_id and int8.model_id != encoder.model_id
+    int8 = load_encoder(str(tiny_folder), precision="int8")
+    assert int8.precision == "int8" and "int8" in int8.model_id
+    assert int8.model_id != encoder.model_id
     vectors = int8.encode(TEXTS)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert ((vectors * encoder.encode(TEXTS)).sum(axis=1) > 0.9).all()
@@ -276,3 +278,25 @@ def test_packaged_minilm_loads_offline_and_ranks_similar_sentences_closer():
                                          "Stock markets fell sharply on Monday."])
     np.testing.assert_allclose(np.linalg.norm([cat, kitten, stocks], axis=1), 1.0, atol=1e-5)
     assert cat @ kitten > cat @ stocks + 0.3
+
+
+def test_bf16_vectors_stay_within_tolerance_of_fp32_and_are_cached_apart(
+        tiny_folder, encoder, tmp_path):
+    """Under bf16 autocast (emulated where the CPU lacks it: slow, but the numbers are what a
+    native bf16 device computes) every vector stays within cosine 0.995 of fp32; the two
+    precisions key the cache differently, so neither reuses the other's vectors."""
+    fp32 = dataclasses.replace(encoder, precision="fp32")
+    bf16 = dataclasses.replace(encoder, precision="bf16")
+    a, b = fp32.encode(TEXTS), bf16.encode(TEXTS)
+    assert b.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    assert (a * b).sum(axis=1).min() > 0.995
+    assert not np.array_equal(a, b)  # bf16 really ran
+    assert bf16.model_id == fp32.model_id + "|bf16"
+    folder = tmp_path / "cache"
+    _, reused = embed_texts(TEXTS, fp32, cache=EmbeddingCache(folder, fp32.model_id))
+    assert reused == 0
+    _, reused = embed_texts(TEXTS, bf16, cache=EmbeddingCache(folder, bf16.model_id))
+    assert reused == 0  # fp32 vectors are not taken for bf16 ones
+    _, reused = embed_texts(TEXTS, bf16, cache=EmbeddingCache(folder, bf16.model_id))
+    assert reused == len(TEXTS)

@@ -365,3 +365,30 @@ def test_packaged_smollm2_rates() -> None:
     single = np.concatenate([rater.rate([t]).probs for t in texts])
     np.testing.assert_allclose(batched.probs, single, atol=1e-4)
     assert np.all((batched.expected >= 1) & (batched.expected <= 5))
+
+
+def test_bf16_scores_stay_within_tolerance_of_fp32_and_are_cached_apart(tiny_lm,
+                                                                        tmp_path) -> None:
+    """The one-pass rater under bf16 autocast gives score probabilities within 0.06 of fp32
+    (bf16 keeps 8 bits of mantissa: logits move by about 1%, and a softmax over sharp logits
+    moves by a few points) and the same most likely score wherever fp32's top two differ by
+    more than 0.1; its cache scope keeps the precisions apart."""
+    model, tokenizer = tiny_lm
+    texts = [f"question {i}: what does json.dumps do? answer: it serializes" for i in range(6)]
+    cache = RatingCache(tmp_path / "ratings", "hf")
+    fp32 = HFRater(model, tokenizer, max_prompt_tokens=600, batch_size=4, cache=cache,
+                   model_id="tiny")
+    bf16 = HFRater(model, tokenizer, max_prompt_tokens=600, batch_size=4, cache=cache,
+                   model_id="tiny", precision="bf16")
+    a, b = fp32.rate(texts), bf16.rate(texts)
+    assert not b.from_cache.any()  # fp32 ratings are not taken for bf16 ones
+    assert np.abs(a.probs - b.probs).max() < 0.06
+    assert np.abs(a.probs - b.probs).max() > 0  # bf16 really ran
+    top_two = np.sort(a.probs, axis=1)[:, -2:]
+    clear = top_two[:, 1] - top_two[:, 0] > 0.1
+    assert clear.any()
+    np.testing.assert_array_equal(a.argmax[clear], b.argmax[clear])
+    assert bf16.scope != fp32.scope and "precision" not in fp32.scope
+    assert bf16.rate(texts).from_cache.all()
+    with pytest.raises(InputError, match="resolve auto first"):
+        HFRater(model, tokenizer, precision="auto")
