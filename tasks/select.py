@@ -85,6 +85,9 @@ def run() -> dict:
     }
     for warning in result.warnings:
         log.warning("select: %s", warning)
+    if "resolved" in rated.metrics:
+        log.info("select: rated in %s on %s", rated.metrics["resolved"]["precision"],
+                 rated.metrics["resolved"]["device_name"])
     with catalog.publish("select") as out:
         out.table("selected", selected)
         rating_histograms(result.raw_class, result.curated_class, classes,

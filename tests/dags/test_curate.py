@@ -156,6 +156,22 @@ def test_curate_end_to_end(project):
     assert _lock(project) == lock
 
 
+def test_what_a_stage_resolved_is_a_param_of_its_run(project):
+    """Precision "auto" -> what it became on this device, next to the params.yaml value."""
+    import mlflow
+
+    from tasks import lineage
+
+    if not (project / "data/embeddings/embeddings.parquet").exists():
+        pytest.skip("needs the end-to-end run above")
+    runs = mlflow.MlflowClient().search_runs(
+        [lineage.experiment_id()], filter_string="tags.`crediflow.stage` = 'embed'")
+    params = runs[-1].data.params  # the first run, which embedded
+    assert params["embed.precision"] == "auto"
+    assert params["resolved.precision"] in ("fp32", "bf16")
+    assert params["resolved.device"] == "cpu"
+
+
 def test_curate_bad_input_fails_and_keeps_previous_outputs(project):
     if not (project / "data/ingested/records.parquet").exists():
         pytest.skip("needs the successful run of test_curate_end_to_end first")
