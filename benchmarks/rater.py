@@ -11,9 +11,15 @@ a third get the answer of another function, so that quality varies). Measures:
   and 8, and once without reusing the instruction prefix); with the default DS2-criteria
   rubric, and once with the short instructions crediflow used before;
 - the agreement of the generated digits with HFRater's most likely scores;
-- a projection for 2,000 demo records (short Q/A pairs, median ~60 tokens) per text budget.
+- a projection for 2,000 demo records (short Q/A pairs, median ~60 tokens) per text budget;
+- bf16 against fp32 (`bf16_vs_fp32`): the same model and demo texts at the demo setting, the
+  forward passes once in fp32 and once under torch's bf16 autocast: the share of texts whose
+  most likely score is the same, the differences of expected scores and probabilities, and
+  the speed ratio. On a CPU without AVX512-BF16 or AMX-BF16, torch emulates bf16: the ratings
+  are what a native bf16 device computes, but the speed is the emulation's (labelled so).
 
-Usage: python benchmarks/rater.py [--texts 48] [--out benchmarks/results/rater.json]
+Usage: python benchmarks/rater.py [--texts 48] [--precision-texts 96] [--only-precision]
+       [--out benchmarks/results/rater.json (rater_precision.json with --only-precision)]
 """
 
 from __future__ import annotations
@@ -208,6 +214,9 @@ COMPARISONS = (("rubric", None, DEMO_TEXT_BUDGET, 16), ("rubric", None, LONG_TEX
 MAIN_ROW = ("rubric", LONG_TEXT_BUDGET, 8)
 # Demo projection runs: (text budget, batch).
 DEMO_RUNS = ((DEMO_TEXT_BUDGET, 16), (DEMO_TEXT_BUDGET, 8), (64, 16))
+# bf16 against fp32: (text budget, batch) of the demo setting, and the agreement goal.
+PRECISION_RUN = (DEMO_TEXT_BUDGET, 16)
+BF16_ARGMAX_GOAL = 0.99
 _CLOCKS = ("samples_per_s", "samples_per_cpu_s")
 # The modules whose first import `import_seconds` times.
 _TIMED_IMPORTS = ("torch", "crediflow.models.causal_lm", "crediflow.select.raters.hf",
@@ -409,8 +418,57 @@ def demo_projection(bench: Bench, demo_count: int) -> dict:
     }
 
 
+def precision_ratings(bench: Bench, precision: str) -> tuple[Any, dict]:
+    """(ratings, samples/s) of the demo-setting rater in `precision` on the bench's texts."""
+    budget, batch = PRECISION_RUN
+    rater = bench.rater(None, budget, batch, precision=precision)
+    rater.rate(bench.texts[:2])  # warm-up; computes the shared prefix in this precision
+    ratings, seconds, cpu = timed(lambda: rater.rate(bench.texts))
+    return ratings, per_s(len(bench.texts), seconds, cpu)
+
+
+def bf16_vs_fp32(model, tokenizer, count: int) -> dict:
+    """The same ratings in bf16 (torch autocast) and in fp32, on `count` demo texts at the
+    demo setting (PRECISION_RUN, default rubric): agreement of the most likely scores,
+    differences of expected scores and probabilities, and the speed ratio."""
+    from embed import cpu_precision_facts
+
+    facts = cpu_precision_facts()
+    texts = demo_texts(count)
+    bench = Bench(model, tokenizer, texts, np.ones(len(texts), dtype=bool))
+    fp32, fp32_speed = precision_ratings(bench, "fp32")
+    bf16, bf16_speed = precision_ratings(bench, "bf16")
+    same = fp32.argmax == bf16.argmax
+    top2 = np.sort(fp32.probs, axis=1)[:, -2:]
+    agreement = float(same.mean())
+    return {
+        "texts": len(texts), "text_budget_tokens": PRECISION_RUN[0],
+        "batch_size": PRECISION_RUN[1], "rubric": "default",
+        "method": "the same fp32 weights; bf16 runs the forward passes (and the shared "
+                  "prefix) under torch CPU autocast(bfloat16), the softmax in float64",
+        "argmax_agreement": round(agreement, 4),
+        "argmax_disagreements": int((~same).sum()),
+        "fp32_top2_margin_of_disagreements": [round(float(m), 4) for m in
+                                              (top2[:, 1] - top2[:, 0])[~same]],
+        "expected_score_mean_abs_diff": round(float(np.abs(fp32.expected - bf16.expected)
+                                                    .mean()), 4),
+        "expected_score_max_abs_diff": round(float(np.abs(fp32.expected - bf16.expected)
+                                                   .max()), 4),
+        "probability_max_abs_diff": round(float(np.abs(fp32.probs - bf16.probs).max()), 4),
+        "fp32": fp32_speed, "bf16": bf16_speed,
+        "speed_ratio_bf16_over_fp32": {
+            clock: round(bf16_speed[clock] / fp32_speed[clock], 3) for clock in _CLOCKS},
+        "speed": "EMULATED bf16 (this CPU has no AVX512-BF16 or AMX-BF16): the speed ratio "
+                 "is torch's emulation, not a native bf16 device's; the ratings are what bf16 "
+                 "computes anywhere" if facts["bf16_emulated"] else "native bf16 on this CPU",
+        "cpu_precision": facts,
+        "goal": f"argmax_agreement >= {BF16_ARGMAX_GOAL}",
+        "goal_met": agreement >= BF16_ARGMAX_GOAL,
+    }
+
+
 def measure(texts_count: int = 48, demo_count: int = 96, skip_conversion: bool = False,
-            threads: int = 0) -> dict:
+            threads: int = 0, *, precision_count: int = 96) -> dict:
     """The rater benchmark's report (see the module docstring)."""
     load_before = os.getloadavg()[0]
     import_s = import_seconds()
@@ -435,6 +493,8 @@ def measure(texts_count: int = 48, demo_count: int = 96, skip_conversion: bool =
     result["side_by_side"] = rows
     result["goal"] = "hf rater >= 5x the samples/s of generate() + parsing"
     result["demo_projection"] = demo_projection(bench, demo_count)
+    if precision_count > 0:
+        result["bf16_vs_fp32"] = bf16_vs_fp32(model, tokenizer, precision_count)
     result["load_average_1min"] = {"before": round(load_before, 2),
                                    "after": round(os.getloadavg()[0], 2)}
     result["machine"] = machine(f"torch {torch.__version__}")
@@ -449,20 +509,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="load the cached converted copy instead of timing a conversion")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (default: torch's choice)")
+    parser.add_argument("--precision-texts", type=int, default=96,
+                        help="demo texts rated in bf16 and in fp32 (bf16 is slow where "
+                             "it is emulated); 0 leaves the comparison out")
 
 
 def from_arguments(args: argparse.Namespace) -> dict:
     """`measure` with the options of `add_arguments`."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return measure(args.texts, args.demo_texts, args.skip_conversion, args.threads)
+    return measure(args.texts, args.demo_texts, args.skip_conversion, args.threads,
+                   precision_count=args.precision_texts)
+
+
+def measure_precision(args: argparse.Namespace) -> dict:
+    """Only the bf16_vs_fp32 part, on the cached converted model (no conversion timed)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from crediflow.models.causal_lm import load_causal_lm
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
+    model, tokenizer = load_causal_lm()
+    return {"benchmark": "rater", "model": "SmolLM2-135M-Instruct (GGUF Q4_1 -> fp32)",
+            "torch_threads": torch.get_num_threads(),
+            "bf16_vs_fp32": bf16_vs_fp32(model, tokenizer, args.precision_texts),
+            "load_average_1min": {"before": round(load_before, 2),
+                                  "after": round(os.getloadavg()[0], 2)},
+            "machine": machine(f"torch {torch.__version__}")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     add_arguments(parser)
-    parser.add_argument("--out", default="benchmarks/results/rater.json")
+    parser.add_argument("--only-precision", action="store_true",
+                        help="only the bf16-vs-fp32 part (minutes less than the whole)")
+    parser.add_argument("--out", default=None, help="default benchmarks/results/rater.json "
+                        "(rater_precision.json with --only-precision)")
     args = parser.parse_args()
-    write_report(from_arguments(args), args.out)
+    report = measure_precision(args) if args.only_precision else from_arguments(args)
+    name = "rater_precision.json" if args.only_precision else "rater.json"
+    write_report(report, args.out or f"benchmarks/results/{name}")
 
 
 if __name__ == "__main__":
