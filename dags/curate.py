@@ -1,51 +1,21 @@
-"""DAG `curate`: new data is ingested (and, as stages land, audited, fixed and selected).
+"""DAG `curate`: new data is ingested, embedded, audited, fixed and selected.
 
 Wiring only. The stages, their order, the schedule and the retries come from params.yaml;
-each task runs its stage through the shared runner (DVC + MLflow). Heavy libraries are
-imported inside the tasks, never at parse time.
+each task runs its stage through the shared runner (DVC + MLflow). The last stage updates the
+curated-data Asset, which schedules DAG `train`.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Asset, task
+from airflow.sdk import DAG, Asset
 
+from tasks.airflow_tasks import finish, run_stage
 from tasks.config import pipeline
 
 SPEC = pipeline("curate")
 CURATED = Asset(name="crediflow_curated", uri="crediflow://curated")
-
-
-@task
-def run_stage(stage: str, **context) -> dict:
-    """Run one pipeline stage through DVC and log it to MLflow; bad input is not retried."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from tasks.runner import InputRejected
-    from tasks.runner import run_stage as run
-
-    try:
-        return run(stage, pipeline_name=SPEC.name, dag_id=context["dag"].dag_id,
-                   run_id=context["run_id"])
-    except InputRejected as exc:
-        raise AirflowFailException(str(exc)) from exc
-
-
-@task(trigger_rule="all_done")
-def finish(**context) -> str:
-    """Close the MLflow pipeline run; fail (without retrying) when any stage did not finish."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from tasks.runner import StageFailed
-    from tasks.runner import finish as close
-
-    try:
-        return close(pipeline_name=SPEC.name, dag_id=context["dag"].dag_id,
-                     run_id=context["run_id"], expected_stages=SPEC.stages)
-    except StageFailed as exc:
-        raise AirflowFailException(str(exc)) from exc
-
 
 with DAG(
     dag_id="curate",
@@ -61,8 +31,9 @@ with DAG(
     previous = None
     for i, stage in enumerate(SPEC.stages):
         last = i == len(SPEC.stages) - 1
-        current = run_stage.override(task_id=stage, outlets=[CURATED] if last else [])(stage)
+        current = run_stage.override(task_id=stage, outlets=[CURATED] if last else [])(
+            stage, SPEC.name)
         if previous is not None:
             previous >> current
         previous = current
-    previous >> finish()
+    previous >> finish(SPEC.name, list(SPEC.stages))

@@ -34,10 +34,13 @@ DATASETS: dict[str, tuple[str, str]] = {
     "fixed": ("fixed", "records.parquet"),
     "changelog": ("fixed", "changelog.parquet"),
     "selected": ("selected", "records.parquet"),
+    "token_cleaned": ("token_cleaned", "records.parquet"),
+    "heldout": ("token_cleaned", "heldout.parquet"),
 }
 # stage -> the catalog folder it writes, and the stage that writes each folder
 STAGE_FOLDERS: dict[str, str] = {"ingest": "ingested", "embed": "embeddings",
-                                 "audit": "audited", "fix": "fixed", "select": "selected"}
+                                 "audit": "audited", "fix": "fixed", "select": "selected",
+                                 "token_clean": "token_cleaned", "finetune": "finetuned"}
 _WRITER = {folder: stage for stage, folder in STAGE_FOLDERS.items()}
 # folders and files of the catalog section that are not stage outputs
 _OTHER_KEYS = ("raw", "truth", "reports", "cache")

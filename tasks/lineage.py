@@ -20,6 +20,8 @@ from tasks.settings import apply, project_root
 log = logging.getLogger("crediflow.lineage")
 
 PARENT_TAGS = ("crediflow.pipeline", "airflow.dag_id", "airflow.run_id")
+# The stage's child run, opened before the stage starts: its process logs live metrics there.
+STAGE_RUN_ENV = "CREDIFLOW_STAGE_RUN_ID"
 _ARTIFACT_MAX_BYTES = 10 << 20
 
 
@@ -113,6 +115,20 @@ def _is_data(path: str) -> bool:
     return not path.endswith((".py", ".yaml", ".yml", ".toml"))
 
 
+def _stage_tags(client: Any, stage: str, parent_id: str) -> dict[str, str]:
+    parent_tags = client.get_run(parent_id).data.tags
+    tags = {k: parent_tags[k] for k in (*PARENT_TAGS, "git.commit") if k in parent_tags}
+    return tags | {"crediflow.role": "stage", "crediflow.stage": stage,
+                   "mlflow.parentRunId": parent_id}
+
+
+def start_stage_run(stage: str, parent_id: str) -> str:
+    """Open the stage's child run before the stage starts (real durations, live metrics)."""
+    client = _mlflow().MlflowClient()
+    return client.create_run(experiment_id(), run_name=stage,
+                             tags=_stage_tags(client, stage, parent_id)).info.run_id
+
+
 def log_stage(
     stage: str,
     parent_id: str,
@@ -121,21 +137,23 @@ def log_stage(
     skipped: bool,
     metrics_files: Iterable[str] = (),
     error: str | None = None,
+    run_id: str | None = None,
 ) -> str:
-    """Record one stage as a child run of `parent_id`; return the child's run id."""
+    """Record one stage as a child run of `parent_id` (the one `start_stage_run` opened, when
+    given); return the child's run id."""
     mlflow = _mlflow()
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
     root = project_root()
     client = mlflow.MlflowClient()
-    parent_tags = client.get_run(parent_id).data.tags
-    tags = {k: parent_tags[k] for k in (*PARENT_TAGS, "git.commit") if k in parent_tags}
-    tags |= {"crediflow.role": "stage", "crediflow.stage": stage,
-             "dvc.skipped": str(skipped).lower()}
+    tags = _stage_tags(client, stage, parent_id) | {"dvc.skipped": str(skipped).lower()}
     status = "FAILED" if error else "FINISHED"
-    with mlflow.start_run(experiment_id=experiment_id(), run_name=stage, parent_run_id=parent_id,
-                          tags=tags) as run:
+    opened = (mlflow.start_run(run_id=run_id) if run_id else
+              mlflow.start_run(experiment_id=experiment_id(), run_name=stage,
+                               parent_run_id=parent_id))
+    with opened as run:
+        mlflow.set_tags(tags)
         if error:
             mlflow.set_tag("crediflow.error", error[-4000:])
         lock = lock or {}

@@ -35,21 +35,22 @@ class InputRejected(StageFailed):
     """The stage refused its input; running it again on the same input cannot succeed."""
 
 
-def _stage_env() -> dict[str, str]:
-    env = dict(os.environ) | apply()
+def _stage_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ) | apply() | (extra or {})
     bin_dir = str(Path(sys.executable).parent)  # `python` and `dvc` of this environment
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     return env
 
 
-def dvc_repro(stage: str, root: Path | None = None) -> bool:
-    """Run one stage through DVC, streaming its output; return True when DVC skipped it."""
+def dvc_repro(stage: str, root: Path | None = None, *, env: dict[str, str] | None = None) -> bool:
+    """Run one stage through DVC, streaming its output; return True when DVC skipped it.
+    `env` is added to the stage process's environment."""
     root = root or project_root()
     cmd = [str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", stage]
     log.info("running %s in %s", " ".join(cmd[1:]), root)
     tail: deque[str] = deque(maxlen=40)
     skipped = False
-    with subprocess.Popen(cmd, cwd=root, env=_stage_env(), stdout=subprocess.PIPE,
+    with subprocess.Popen(cmd, cwd=root, env=_stage_env(env), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
         for line in proc.stdout:
             line = line.rstrip()
@@ -77,13 +78,15 @@ def lock_entry(stage: str, root: Path | None = None) -> dict | None:
 def run_stage(stage: str, *, pipeline_name: str, dag_id: str, run_id: str) -> dict:
     """Run one stage and log it under the pipeline run; raise StageFailed on failure."""
     parent = lineage.pipeline_run(pipeline_name, dag_id, run_id)
+    child = lineage.start_stage_run(stage, parent)
     try:
-        skipped = dvc_repro(stage)
+        skipped = dvc_repro(stage, env={lineage.STAGE_RUN_ENV: child})
     except StageFailed as exc:
-        lineage.log_stage(stage, parent, lock_entry(stage), skipped=False, error=str(exc))
+        lineage.log_stage(stage, parent, lock_entry(stage), skipped=False, error=str(exc),
+                          run_id=child)
         raise
-    child = lineage.log_stage(stage, parent, lock_entry(stage), skipped=skipped,
-                              metrics_files=stage_metrics(stage))
+    lineage.log_stage(stage, parent, lock_entry(stage), skipped=skipped,
+                      metrics_files=stage_metrics(stage), run_id=child)
     return {"stage": stage, "skipped": skipped, "mlflow_run_id": child, "mlflow_parent_id": parent}
 
 

@@ -89,3 +89,12 @@ SELECT_COLUMNS = (RATING, RATING_EXPECTED, RATING_ARGMAX, CURATED_RATING, LONG_T
 # plain tables on the command line
 DEFAULT_TEXT_COLUMN = "text"  # where a plain table's text is, unless --text-column says
 REJECTED_REASON = "rejected_reason"  # --out: why a row was not used; null for used rows
+
+# token_clean: tokenized records (list columns of token ids, per-token values)
+INPUT_IDS = "input_ids"
+LABELS = "labels"  # the token id where trained, -100 elsewhere
+LABELS_ALL = "labels_all"  # every response token labelled (the records before cleaning)
+ATTENTION_MASK = "attention_mask"
+TOKEN_SCORES = "token_scores"  # influence of each response token (NaN elsewhere)
+KEPT_FRACTION = "kept_fraction"  # share of a record's response tokens that keep their label
+NO_KEPT_TOKEN = "no_kept_token"  # the record keeps no token: not trained on after cleaning

@@ -75,6 +75,9 @@ class FinetuneConfig(MethodConfig):
                                          "padding); the order stays seeded and random")
     seed: int = option(0, "random seed (adapter init, record order)", low=0)
     logging_steps: int = option(5, "optimizer steps between two logged losses", low=1)
+    compare_all_tokens: bool = option(True, "also fine-tune a copy of the base on every "
+                                            "response token for the same steps, and report "
+                                            "both held-out losses (does cleaning help?)")
 
     def to_settings(self, precision: str) -> TrainSettings:
         """The training settings, with `precision` already resolved (fp32 or bf16)."""

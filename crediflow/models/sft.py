@@ -19,7 +19,17 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from crediflow.data.schema import CONTENT, MESSAGES_COLUMN, ROLE, ROLES
+from crediflow.data.schema import (
+    ATTENTION_MASK,
+    CONTENT,
+    INPUT_IDS,
+    LABELS,
+    LABELS_ALL,
+    MESSAGES_COLUMN,
+    ROLE,
+    ROLES,
+    TOKEN_SCORES,
+)
 from crediflow.errors import ConfigError, InputError
 
 IGNORE = -100  # the label of a token that is not trained (transformers' ignore_index)
@@ -329,3 +339,35 @@ def _label_and_cut(tokenizer: Any, texts: list[str], spans: list[list[tuple[int,
                         dropped=stats["records"] - len(result),
                         tokens=len(result.input_ids), label_tokens=int(result.trained().sum()))
     return result
+
+
+def sft_columns(sft: TokenizedSFT, labels_all: np.ndarray | None = None,
+                scores: np.ndarray | None = None) -> dict[str, pa.Array]:
+    """List columns (one row per record) of the tokens, labels, attention mask and, when
+    given, the uncleaned labels and per-token scores; made from the flat arrays at once."""
+    offsets = pa.array(sft.offsets.astype(np.int32))
+    columns = {
+        INPUT_IDS: pa.ListArray.from_arrays(offsets, pa.array(sft.input_ids.astype(np.int32))),
+        LABELS: pa.ListArray.from_arrays(offsets, pa.array(sft.labels.astype(np.int32))),
+        ATTENTION_MASK: pa.ListArray.from_arrays(
+            offsets, pa.array(np.ones(len(sft.input_ids), np.int8))),
+    }
+    if labels_all is not None:
+        columns[LABELS_ALL] = pa.ListArray.from_arrays(offsets,
+                                                       pa.array(labels_all.astype(np.int32)))
+    if scores is not None:
+        columns[TOKEN_SCORES] = pa.ListArray.from_arrays(
+            offsets, pa.array(scores.astype(np.float32), from_pandas=True))
+    return columns
+
+
+def sft_from_table(table: pa.Table, *, labels: str = LABELS) -> TokenizedSFT:
+    """The flat representation of a table made by `sft_columns` (`labels` names the label
+    column to use, e.g. LABELS_ALL for the records before cleaning)."""
+    ids = table.column(INPUT_IDS).combine_chunks()
+    label_col = table.column(labels).combine_chunks()
+    offsets = ids.offsets.to_numpy().astype(np.int64)
+    offsets = offsets - offsets[0]
+    return TokenizedSFT(ids.flatten().to_numpy().astype(np.int64),
+                        label_col.flatten().to_numpy().astype(np.int64), offsets,
+                        np.arange(len(ids), dtype=np.int64))

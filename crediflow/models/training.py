@@ -76,8 +76,8 @@ class TrainSettings:
         for name, allowed in (("scheduler", SCHEDULERS), ("optimizer", OPTIMIZERS),
                               ("precision", ("fp32", "bf16")), ("device", DEVICES)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"TrainSettings.{name} must be one of {', '.join(allowed)}, "
-                                 f"got {getattr(self, name)!r}")
+                raise ConfigError(f"{getattr(self, name)!r} is not allowed; choose one of "
+                                  f"{', '.join(allowed)}", section="finetune", key=name)
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
 
 

@@ -231,7 +231,7 @@ def test_pad_batch_pads_right():
 
 
 def test_settings_refuse_unknown_choices():
-    with pytest.raises(ValueError, match="scheduler"):
+    with pytest.raises(ConfigError, match="scheduler"):
         TrainSettings(scheduler="step")
-    with pytest.raises(ValueError, match="precision"):
+    with pytest.raises(ConfigError, match="precision"):
         TrainSettings(precision="auto")

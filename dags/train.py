@@ -1,0 +1,41 @@
+"""DAG `train`: token_clean -> finetune on the curated data.
+
+Scheduled by the curated-data Asset that DAG `curate` updates, or triggered by hand with the
+Params form (base model, rho, mode, epochs, learning rate, LoRA). A manual run's values are
+written into params.yaml before the stages run (as `dvc exp run -S` does), so DVC records
+them in dvc.lock and MLflow in each stage's params; a run whose values and inputs did not
+change is skipped by DVC stage by stage. Wiring only.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Asset, Param
+
+from tasks.airflow_tasks import apply_params, finish, run_stage
+from tasks.config import pipeline
+from tasks.overrides import FORM
+
+SPEC = pipeline("train")
+CURATED = Asset(name="crediflow_curated", uri="crediflow://curated")
+
+with DAG(
+    dag_id="train",
+    description="Token cleaning and fine-tuning on the curated data (crediflow)",
+    schedule=[CURATED],
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": SPEC.retries,
+                  "retry_delay": timedelta(minutes=SPEC.retry_delay_minutes)},
+    params={name: Param(None, type=[kind, "null"], description=help_text)
+            for name, (kind, help_text) in FORM.items()},
+    tags=["crediflow"],
+) as dag:
+    previous = apply_params()
+    for stage in SPEC.stages:
+        current = run_stage.override(task_id=stage)(stage, SPEC.name)
+        previous >> current
+        previous = current
+    previous >> finish(SPEC.name, list(SPEC.stages))

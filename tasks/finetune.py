@@ -1,0 +1,124 @@
+"""Stage `finetune`: SFT of the base model on the token-cleaned labels (transformers' Trainer,
+full or LoRA), the held-out loss of the base and the fine-tuned model, and the model in the
+MLflow registry with its lineage (alias `candidate`).
+
+Run as `python -m tasks.finetune` (the cmd of its DVC stage).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+
+from crediflow.data.schema import LABELS_ALL, NO_KEPT_TOKEN
+from crediflow.errors import InputError
+from crediflow.finetune.config import FinetuneConfig
+from crediflow.models.causal_lm import load_causal_lm
+from crediflow.models.precision import describe, detect_device, resolve_precision
+from crediflow.models.sft import sft_from_table
+from crediflow.models.token_loss import mean_label_loss
+from crediflow.models.training import save_model, train_sft
+from tasks.catalog import Catalog
+from tasks.config import load_params, stage_config
+from tasks.io import write_json
+from tasks.runner import lock_entry
+from tasks.stage import stage_main
+from tasks.tracking import lineage_tags, live_logger, register_model, stage_run_id
+
+log = logging.getLogger("crediflow.finetune")
+UPSTREAM = ("ingest", "embed", "audit", "fix", "select", "token_clean")
+
+
+def fingerprint(model: Any) -> str:
+    """A content hash of a model's weights (names, shapes and values)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def run() -> dict:
+    """Fine-tune, evaluate on the held-out records, publish and register the model."""
+    config = stage_config(FinetuneConfig)
+    device = detect_device("cpu")
+    precision = resolve_precision(config.precision, device, stage="finetune")
+    settings = config.to_settings(precision)
+    catalog = Catalog()
+    table = catalog.read("token_cleaned")
+    keep = pc.invert(pc.fill_null(table.column(NO_KEPT_TOKEN), False))
+    cleaned = sft_from_table(table.filter(keep))
+    heldout = sft_from_table(catalog.read("heldout"))
+    if len(cleaned) == 0:
+        raise InputError("no record keeps a token after cleaning; raise token_clean.rho",
+                         field=NO_KEPT_TOKEN)
+    base, tokenizer = load_causal_lm(config.model)
+    base_print = fingerprint(base)
+    eval_kwargs = {"batch_size": config.batch_size, "precision": precision}
+    metrics: dict[str, Any] = {"base_heldout_loss": mean_label_loss(base, heldout, **eval_kwargs)}
+    baseline = copy.deepcopy(base) if config.compare_all_tokens else None
+    with tempfile.TemporaryDirectory(prefix="finetune-") as work:
+        trained = train_sft(base, tokenizer, cleaned, settings, output_dir=Path(work) / "run",
+                            on_log=live_logger())
+        metrics |= {"train": trained.metrics,
+                    "heldout_loss": mean_label_loss(trained.model, heldout, **eval_kwargs)}
+        if baseline is not None:
+            metrics["all_tokens"] = _all_tokens_run(baseline, tokenizer, table, settings,
+                                                    steps=trained.metrics["steps"],
+                                                    heldout=heldout, workdir=Path(work))
+    metrics |= {"records": len(cleaned), "heldout_records": len(heldout),
+                "method": config.method, "resolved": describe(device, precision)}
+    with catalog.publish("finetune") as out:
+        save_model(trained.model, tokenizer, out.pending)
+    metrics["registered"] = _register(catalog, config, base_print, metrics)
+    write_json(catalog.reports("finetune") / "metrics.json", metrics)
+    log.info("finetune (%s): held-out loss %.4f (base %.4f%s); registered %s version %s",
+             config.method, metrics["heldout_loss"], metrics["base_heldout_loss"],
+             f", all tokens {metrics['all_tokens']['heldout_loss']:.4f}"
+             if "all_tokens" in metrics else "", metrics["registered"]["name"],
+             metrics["registered"]["version"])
+    return metrics
+
+
+def _all_tokens_run(model: Any, tokenizer: Any, table: Any, settings: Any, *, steps: int,
+                    heldout: Any, workdir: Path) -> dict:
+    """The same training for the same steps on every response token: the comparison."""
+    import dataclasses
+
+    everything = sft_from_table(table, labels=LABELS_ALL)
+    result = train_sft(model, tokenizer, everything,
+                       dataclasses.replace(settings, max_steps=int(steps)),
+                       output_dir=workdir / "all_tokens")
+    return {"train": result.metrics,
+            "heldout_loss": mean_label_loss(result.model, heldout,
+                                            batch_size=settings.batch_size,
+                                            precision=settings.precision)}
+
+
+def _register(catalog: Catalog, config: FinetuneConfig, base_print: str, metrics: dict) -> dict:
+    """Register the published model with the hashes of every upstream output and more."""
+    import mlflow
+
+    run_id = stage_run_id()
+    airflow_run = (mlflow.MlflowClient().get_run(run_id).data.tags.get("airflow.run_id", "")
+                   if run_id else "")
+    lock = {"stages": {s: lock_entry(s) or {} for s in UPSTREAM}}
+    tags = lineage_tags(lock, UPSTREAM, {
+        "base_model": config.model or "SmolLM2-135M-Instruct (packaged)",
+        "base_model.fingerprint": base_print, "airflow.run_id": airflow_run,
+        "crediflow.stage": "finetune", "heldout_loss": f"{metrics['heldout_loss']:.6f}"})
+    name = load_params()["mlflow"].get("registered_model", "crediflow-sft")
+    return register_model(Path(catalog.folder("finetuned")), name=name, tags=tags,
+                          aliases=("candidate",),
+                          description=f"{config.method} fine-tune on token-cleaned data")
+
+
+if __name__ == "__main__":
+    stage_main(run)

@@ -1,0 +1,89 @@
+"""MLflow from inside a stage's process: live metrics into the child run that the runner opened
+before the stage started (`CREDIFLOW_STAGE_RUN_ID`), and models into the registry.
+
+A stage run by `dvc repro` alone has no such run: it logs nothing live, and a model it makes
+is registered under a run of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tasks.lineage import STAGE_RUN_ENV, _mlflow, experiment_id, flatten, git_commit
+
+log = logging.getLogger("crediflow.tracking")
+
+
+def stage_run_id() -> str | None:
+    """The child run the runner opened for this stage, if any."""
+    return os.environ.get(STAGE_RUN_ENV) or None
+
+
+def live_logger(prefix: str = "") -> Callable[[dict], None] | None:
+    """A function that logs a step's numbers (loss, learning rate, ...) to the stage's run
+    right away, so the curves grow while the stage runs; None without a stage run."""
+    run_id = stage_run_id()
+    if run_id is None:
+        return None
+    mlflow = _mlflow()
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient()
+
+    def log_step(values: dict) -> None:
+        step = int(values.get("step", 0))
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"{prefix}{k}", float(v), now, step) for k, v in values.items()
+                   if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)]
+        try:
+            client.log_batch(run_id, metrics=metrics)
+        except Exception as exc:  # noqa: BLE001 - tracking must never stop a training run
+            log.warning("could not log live metrics to MLflow: %s", exc)
+
+    return log_step
+
+
+def register_model(folder: Path, *, name: str, tags: dict[str, str], aliases: tuple[str, ...],
+                   description: str = "") -> dict[str, Any]:
+    """Log the saved model in `folder` with MLflow's transformers flavour (safetensors) to the
+    stage's run, register it as a new version of `name` with `tags`, and point `aliases` at
+    it; return the version, run and URI."""
+    mlflow = _mlflow()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    run_id = stage_run_id()
+    opened = (mlflow.start_run(run_id=run_id) if run_id else
+              mlflow.start_run(experiment_id=experiment_id(), run_name=f"{name} model"))
+    with opened as run:
+        info = mlflow.transformers.log_model(
+            transformers_model={"model": model, "tokenizer": tokenizer}, name="model",
+            task="text-generation", save_pretrained=True,
+            pip_requirements=["torch", "transformers", "safetensors"])
+    client = mlflow.MlflowClient()
+    version = mlflow.register_model(info.model_uri, name, tags=tags)
+    if description:
+        client.update_model_version(name, version.version, description=description)
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, version.version)
+    return {"name": name, "version": int(version.version), "run_id": run.info.run_id,
+            "model_uri": info.model_uri, "aliases": list(aliases)}
+
+
+def lineage_tags(lock: dict, upstream: tuple[str, ...], extra: dict[str, str]) -> dict[str, str]:
+    """Tags naming the DVC hash of every output of the `upstream` stages (from dvc.lock), the
+    git commit, and `extra` (base model fingerprint, Airflow run, ...)."""
+    stages = lock.get("stages", {})
+    tags = {}
+    for stage in upstream:
+        for out in stages.get(stage, {}).get("outs", []):
+            tags[f"dvc.{out['path']}"] = out.get("md5", "")
+    commit, dirty = git_commit()
+    tags |= {"git.commit": commit, "git.dirty": str(dirty).lower()}
+    return tags | {k: str(v) for k, v in flatten(extra).items()}
