@@ -25,9 +25,9 @@ install: $(STAMP)
 data/raw/demo.jsonl: crediflow/synthetic/demo.py | $(STAMP)
 	$(ENV) && python -m crediflow.synthetic.demo --out data/raw/demo.jsonl --truth data/truth/demo_labels.csv
 
-# Build the demo data, initialise Airflow's SQLite DB, run DAG `curate`, say where to look.
+# Build the demo data, initialise Airflow's SQLite DB, run DAGs `curate` then `train`, say where to look.
 demo: data/raw/demo.jsonl | $(STAMP)
-	$(ENV) && mkdir -p $$AIRFLOW_HOME && airflow db migrate > $$AIRFLOW_HOME/migrate.log 2>&1 && python -m tasks.demo curate
+	$(ENV) && mkdir -p $$AIRFLOW_HOME && airflow db migrate > $$AIRFLOW_HOME/migrate.log 2>&1 && python -m tasks.demo curate train
 
 lint: | $(STAMP)
 	$(ENV) && ruff check . && lint-imports

@@ -1,6 +1,6 @@
-"""Run a pipeline DAG once through Airflow (`dag.test()`) and say where its results are.
+"""Run pipeline DAGs once through Airflow (`dag.test()`) and say where their results are.
 
-`python -m tasks.demo curate` is what `make demo` runs after building the demo data.
+`python -m tasks.demo curate train` is what `make demo` runs after building the demo data.
 """
 
 from __future__ import annotations
@@ -28,35 +28,49 @@ def run_dag(dag_id: str):
     return bag.dags[dag_id].test()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tasks.demo", description=__doc__)
-    parser.add_argument("dag_id", nargs="?", default="curate")
-    args = parser.parse_args(argv)
-    logging.getLogger("airflow").setLevel(logging.WARNING)
-    run = run_dag(args.dag_id)
+def summarize(dag_id: str, run) -> None:
+    """Where the run's outputs, reports, MLflow runs and registered model are."""
     from tasks import lineage
 
-    parent = lineage.pipeline_run(args.dag_id, args.dag_id, run.run_id)
+    parent = lineage.pipeline_run(dag_id, dag_id, run.run_id)
     root = project_root()
     print("\n" + "=" * 72)
-    print(f"DAG {args.dag_id} run {run.run_id}: {run.state}")
+    print(f"DAG {dag_id} run {run.run_id}: {run.state}")
     print(f"MLflow: parent run {parent} in experiment "
           f"{lineage.experiment_id()} ({root / 'mlflow.db'}); `make mlflow`, then "
           f"http://localhost:5000")
     catalog = Catalog(root)
-    for stage in pipeline(args.dag_id).stages:
+    for stage in pipeline(dag_id).stages:
         reports = catalog.reports(stage)
         print(f"  {stage}: outputs in {catalog.folder(STAGE_FOLDERS[stage])}, reports in "
               f"{reports}")
         metrics = reports / "metrics.json"
         if metrics.exists():
-            summary = {k: v for k, v in json.loads(metrics.read_text()).items()
-                       if not isinstance(v, dict | list)}
+            report = json.loads(metrics.read_text())
+            summary = {k: v for k, v in report.items() if not isinstance(v, dict | list)}
             print(f"    {summary}")
+            if "registered" in report:
+                model = report["registered"]
+                print(f"    model: {catalog.folder('finetuned')}; MLflow registered model "
+                      f"{model['name']!r} version {model['version']} (alias candidate), "
+                      f"models:/{model['name']}@candidate")
+        if (reports / "tokens.html").exists():
+            print(f"    kept and dropped tokens: {reports / 'tokens.html'}")
     print("Airflow UI: `make airflow`, then http://localhost:8080")
     print("=" * 72)
-    if str(run.state) != "success":
-        sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tasks.demo", description=__doc__)
+    parser.add_argument("dag_ids", nargs="*", default=["curate", "train"],
+                        help="DAGs to run, in order (default: curate train)")
+    args = parser.parse_args(argv)
+    logging.getLogger("airflow").setLevel(logging.WARNING)
+    for dag_id in args.dag_ids:
+        run = run_dag(dag_id)
+        summarize(dag_id, run)
+        if str(run.state) != "success":
+            sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,11 @@ dvc.lock; a field left empty (null) keeps what params.yaml says.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from crediflow.errors import ConfigError
 from tasks.config import load_params
@@ -75,7 +76,8 @@ def set_param(text: str, section: str, key: str, value: Any) -> str:
                                                                  line.rstrip("\n"))), None)
     if start is None:
         raise ConfigError("missing section", source="params.yaml", section=section)
-    rendered = json.dumps(value)
+    # YAML's own rendering: json.dumps writes 1e-05, which YAML reads back as a string
+    rendered = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
     end = next((i for i in range(start + 1, len(lines))
                 if lines[i].strip() and not lines[i].startswith((" ", "#"))), len(lines))
     pattern = re.compile(rf"^(\s+{re.escape(key)}:\s*)(.*?)(\s+#.*)?$")
