@@ -65,6 +65,14 @@ def _params(**changes: dict) -> dict:
      "params.yaml, section 'select', key 'budget': expected float, got str 'abc'"),
     ("select", {"catalog": {"fixd": "data/fixed"}},
      "params.yaml, section 'catalog', key 'fixd': unknown key"),
+    ("token_clean", {"token_clean": {"rho": 1.5}},
+     "params.yaml, section 'token_clean', key 'rho': 1.5 is out of range"),
+    ("token_clean", {"token_clean": {"mode": "greedy"}},
+     "params.yaml, section 'token_clean', key 'mode': 'greedy' is not allowed"),
+    ("finetune", {"finetune": {"method": "qlora"}},
+     "params.yaml, section 'finetune', key 'method': 'qlora' is not allowed"),
+    ("finetune", {"finetune": {"model": "./no/such/model"}},
+     "dataset 'token_cleaned' does not exist yet"),
 ])
 def test_a_bad_params_value_exits_65_with_one_line_naming_the_key(stage, changes, expected,
                                                                    tmp_path) -> None:

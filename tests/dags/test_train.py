@@ -1,0 +1,135 @@
+"""DAG `train` end to end with `dag.test()` on a tiny model, in a temporary project: real
+Airflow, DVC and MLflow (registry included). Fixed mode first, then a manual run whose Params
+form switches to self-evolving mode, then a run with nothing changed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from crediflow.data.schema import CURATED_RATING, ID, MESSAGES_COLUMN, SELECTED
+from tasks.settings import PROJECT_ROOT, project_root
+
+BIN = Path(sys.executable).parent
+N = 40
+
+
+def _run(*cmd: str, cwd: Path) -> None:
+    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, env=os.environ | {
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+
+
+def _selected(n: int) -> pa.Table:
+    """What DAG curate leaves for train: records with curated ratings, all selected."""
+    rng = np.random.default_rng(0)
+    messages = [[{"role": "system", "content": "be brief"},
+                 {"role": "user", "content": f"what does function f{i} return?"},
+                 {"role": "assistant", "content": "it returns the json string " * (1 + i % 3)}]
+                for i in range(n)]
+    return pa.table({ID: [f"r{i}" for i in range(n)], MESSAGES_COLUMN: messages,
+                     CURATED_RATING: rng.integers(1, 6, n).astype(float),
+                     SELECTED: [True] * n})
+
+
+@pytest.fixture(scope="module")
+def project(tiny_lm) -> Path:
+    root = project_root()
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    for name in ("crediflow", "tasks"):
+        shutil.copytree(PROJECT_ROOT / name, root / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy(PROJECT_ROOT / name, root / name)
+    model, tokenizer = tiny_lm
+    model.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    (root / "data/selected").mkdir(parents=True)
+    pq.write_table(_selected(N), root / "data/selected/records.parquet")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["token_clean"].update({"warmup_size": 6, "chunks": 3, "heldout_fraction": 0.2,
+                                  "max_records": None, "batch_size": 4, "html_records": 3})
+    params["finetune"].update({"model": str(root / "base"), "max_steps": 3, "batch_size": 4,
+                               "lora_r": 4, "lora_alpha": 8, "logging_steps": 1,
+                               "max_length": 64})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run("git", "init", "-q", cwd=root)
+    _run("dvc", "init", "-q", cwd=root)
+    _run("git", "add", ".", cwd=root)
+    _run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=root)
+    _run("airflow", "db", "migrate", cwd=root)
+    return root
+
+
+def _stage_runs(run_id: str) -> dict:
+    import mlflow
+
+    from tasks import lineage
+
+    parent = lineage.pipeline_run("train", "train", run_id)
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([lineage.experiment_id()],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    return {r.data.tags["crediflow.stage"]: r for r in runs}
+
+
+def test_train_end_to_end_fixed_then_self_evolving(project) -> None:
+    import mlflow
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags")).dags["train"]
+    run = dag.test()
+    assert str(run.state) == "success"
+    metrics = json.loads((project / "reports/token_clean/metrics.json").read_text())
+    assert metrics["mode"] == "fixed" and 0 < metrics["kept_fraction"] <= 0.6 + 1e-9
+    assert (project / "reports/token_clean/tokens.html").read_text().count("<span") > 0
+    cleaned = pq.read_table(project / "data/token_cleaned/records.parquet")
+    assert cleaned.num_rows + pq.read_table(
+        project / "data/token_cleaned/heldout.parquet").num_rows == N
+    finetune = json.loads((project / "reports/finetune/metrics.json").read_text())
+    assert finetune["train"]["steps"] == 3 and finetune["all_tokens"]["train"]["steps"] == 3
+    assert np.isfinite(finetune["heldout_loss"]) and np.isfinite(finetune["base_heldout_loss"])
+    assert (project / "models/finetune/model.safetensors").exists()
+
+    client = mlflow.MlflowClient()
+    registered = finetune["registered"]
+    version = client.get_model_version(registered["name"], str(registered["version"]))
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    token_out = {o["path"]: o["md5"] for o in lock["token_clean"]["outs"]}
+    assert version.tags["dvc.data/token_cleaned"] == token_out["data/token_cleaned"]
+    assert version.tags["airflow.run_id"] == run.run_id
+    assert len(version.tags["base_model.fingerprint"]) == 32 and version.tags["git.commit"]
+    alias = client.get_model_version_by_alias(registered["name"], "candidate")
+    assert alias.version == version.version
+    runs = _stage_runs(run.run_id)
+    # live curves: the loss of every logging step is in the run, not only the last one
+    history = client.get_metric_history(runs["finetune"].info.run_id, "loss")
+    assert len(history) >= 3
+    assert client.get_metric_history(runs["token_clean"].info.run_id, "reference.loss")
+
+    # a manual run with the Params form: its values reach the stages, DVC and MLflow
+    manual = dag.test(run_conf={"mode": "self_evolving", "rho": 0.5})
+    assert str(manual.state) == "success"
+    metrics = json.loads((project / "reports/token_clean/metrics.json").read_text())
+    assert metrics["mode"] == "self_evolving" and metrics["rho"] == 0.5
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert lock["token_clean"]["params"]["params.yaml"]["token_clean"]["mode"] == "self_evolving"
+    assert _stage_runs(manual.run_id)["token_clean"].data.params["token_clean.mode"] == (
+        "self_evolving")
+    newer = client.get_model_version_by_alias(registered["name"], "candidate")
+    assert int(newer.version) == int(version.version) + 1
+
+    # nothing changed: DVC skips both stages
+    again = dag.test()
+    assert str(again.state) == "success"
+    assert all(r.data.tags["dvc.skipped"] == "true" for r in _stage_runs(again.run_id).values())
