@@ -9,17 +9,33 @@ from airflow.sdk import task
 
 @task
 def run_stage(stage: str, pipeline_name: str, **context) -> dict:
-    """Run one pipeline stage through DVC and log it to MLflow; bad input is not retried."""
-    from airflow.sdk.exceptions import AirflowFailException
+    """Run one pipeline stage through DVC and log it to MLflow; bad input is not retried.
 
-    from tasks.runner import InputRejected
+    A stage with outlets (the curated-data Asset) emits its event only when its output
+    changed, with the output's DVC hash, its row count and the MLflow run in the event's
+    metadata; when DVC skipped it, the task ends as skipped and emits nothing.
+    """
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from tasks.runner import InputRejected, lock_entry
     from tasks.runner import run_stage as run
 
     try:
-        return run(stage, pipeline_name=pipeline_name, dag_id=context["dag"].dag_id,
-                   run_id=context["run_id"])
+        result = run(stage, pipeline_name=pipeline_name, dag_id=context["dag"].dag_id,
+                     run_id=context["run_id"])
     except InputRejected as exc:
         raise AirflowFailException(str(exc)) from exc
+    outlets = list(getattr(context["task"], "outlets", None) or [])
+    if outlets and result["skipped"]:
+        raise AirflowSkipException(f"{stage}: output unchanged, no new event on "
+                                   f"{', '.join(a.name for a in outlets)}")
+    for asset in outlets:
+        outs = (lock_entry(stage) or {}).get("outs", [])
+        context["outlet_events"][asset].extra = {
+            "dvc_hash": outs[0]["md5"] if outs else None,
+            "path": outs[0]["path"] if outs else None,
+            "rows": result.get("rows"), "mlflow_run_id": result["mlflow_run_id"]}
+    return result
 
 
 @task

@@ -87,7 +87,21 @@ def run_stage(stage: str, *, pipeline_name: str, dag_id: str, run_id: str) -> di
         raise
     lineage.log_stage(stage, parent, lock_entry(stage), skipped=skipped,
                       metrics_files=stage_metrics(stage), run_id=child)
-    return {"stage": stage, "skipped": skipped, "mlflow_run_id": child, "mlflow_parent_id": parent}
+    return {"stage": stage, "skipped": skipped, "mlflow_run_id": child, "mlflow_parent_id": parent,
+            "rows": _rows(stage)}
+
+
+def _rows(stage: str) -> int | None:
+    """The row count a stage reports in its metrics (`rows` or `rows_out`), if any."""
+    import json
+
+    for name in stage_metrics(stage):
+        path = project_root() / name
+        if path.is_file():
+            report = json.loads(path.read_text())
+            value = report.get("rows_out", report.get("rows"))
+            return int(value) if isinstance(value, int | float) else None
+    return None
 
 
 def finish(*, dag_id: str, run_id: str, pipeline_name: str,

@@ -32,38 +32,40 @@ def quota(rho: float, counts: np.ndarray) -> np.ndarray:
     return np.minimum(np.floor(rho * counts * (1 + 1e-15)).astype(np.int64), counts)
 
 
-def _label_scores(scores: np.ndarray, sft: TokenizedSFT) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, scores) of the label tokens, checked."""
+def _label_scores(scores: np.ndarray, sft: TokenizedSFT, labelled: np.ndarray) -> np.ndarray:
+    """The scores of the label tokens (a copy, in position order), checked."""
     scores = np.asarray(scores)
     if scores.shape != sft.labels.shape:
         raise InputError(f"scores have shape {scores.shape}, the tokens {sft.labels.shape}",
                          field="scores")
-    positions = np.flatnonzero(sft.labels != IGNORE)
-    values = scores[positions]
+    values = scores[labelled]
     missing = np.isnan(values)
     if missing.any():
-        first = int(positions[np.argmax(missing)])
+        first = int(np.flatnonzero(labelled)[np.argmax(missing)])
         record = int(np.searchsorted(sft.offsets, first, side="right") - 1)
         raise InputError(f"{int(missing.sum())} label tokens have a NaN score (the first is "
                          f"token {first - int(sft.offsets[record])} of record {record}); every "
                          "label token needs a score", field="scores")
-    return positions, values
+    return values
 
 
-def _top_global(positions: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
-    """The positions of the k best label tokens of all records."""
+def _top_global(scores: np.ndarray, labelled: np.ndarray, values: np.ndarray,
+                k: int) -> np.ndarray:
+    """(T,) bool: the k best label tokens of all records. `values` (the label tokens' scores,
+    this call's own copy) is partitioned in place, so no second copy of the scores is made;
+    the keep mask is then read off the full score array."""
     n = len(values)
     if k >= n:
-        return positions
+        return labelled.copy()
     if k == 0:
-        return positions[:0]
-    threshold = np.partition(values, n - k)[n - k]  # the k-th highest score
-    above = values > threshold
-    # tokens at the threshold fill the rest in position order (positions ascend already)
-    at = np.flatnonzero(values == threshold)[: k - int(np.count_nonzero(above))]
-    chosen = above
-    chosen[at] = True
-    return positions[chosen]
+        return np.zeros_like(labelled)
+    values.partition(n - k)
+    threshold = values[n - k]  # the k-th highest score
+    keep = labelled & (scores > threshold)
+    # tokens at the threshold fill the rest in position order
+    at = np.flatnonzero(labelled & (scores == threshold))[: k - int(np.count_nonzero(keep))]
+    keep[at] = True
+    return keep
 
 
 def _top_per_record(positions: np.ndarray, values: np.ndarray, sft: TokenizedSFT,
@@ -105,12 +107,13 @@ def select_tokens(scores: np.ndarray, sft: TokenizedSFT, *, rho: float,
         raise ConfigError(f"{granularity!r} is not allowed; choose one of "
                           f"{', '.join(GRANULARITIES)}", section="token_clean",
                           key="granularity")
-    positions, values = _label_scores(scores, sft)
-    keep = np.zeros(len(sft.labels), bool)
+    labelled = sft.labels != IGNORE
+    values = _label_scores(scores, sft, labelled)
     if granularity == "global":
-        keep[_top_global(positions, values, int(quota(rho, np.array([len(values)]))[0]))] = True
-    else:
-        keep[_top_per_record(positions, values, sft, rho)] = True
+        return _top_global(np.asarray(scores), labelled, values,
+                           int(quota(rho, np.array([len(values)]))[0]))
+    keep = np.zeros(len(sft.labels), bool)
+    keep[_top_per_record(np.flatnonzero(labelled), values, sft, rho)] = True
     return keep
 
 

@@ -44,8 +44,10 @@ def _selected(n: int) -> pa.Table:
 @pytest.fixture(scope="module")
 def project(tiny_lm) -> Path:
     root = project_root()
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.iterdir():  # the MLflow store stays: its connections are open
+        if old.name not in ("mlflow.db", "mlartifacts"):
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
     for name in ("crediflow", "tasks"):
         shutil.copytree(PROJECT_ROOT / name, root / name,
                         ignore=shutil.ignore_patterns("__pycache__"))
