@@ -48,4 +48,4 @@ benchmark: | $(STAMP)
 	$(ENV) && for b in ingest embed audit audit_speed selection; do python benchmarks/$$b.py || exit 1; done
 
 clean:
-	rm -rf .airflow mlflow.db mlartifacts data reports dvc.lock
+	rm -rf .airflow mlflow.db mlartifacts data reports models dvc.lock
