@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from crediflow.data.cache import RatingCache
 from crediflow.errors import InputError
@@ -33,7 +34,7 @@ def rate(texts: list[str], config: SelectConfig, *, column: np.ndarray | None = 
         if column is None:
             raise InputError("the column rater needs a rating column", field=field_name)
         values = np.asarray(column, dtype=object)
-        missing = np.flatnonzero([v is None or v != v for v in values])
+        missing = np.flatnonzero(pd.isna(values))
         if len(missing):
             raise InputError(f"{len(missing)} record(s) have no rating (first: row "
                              f"{int(missing[0]) + 1}) and select.rater is 'column'; fill them "
