@@ -11,14 +11,21 @@ label -100 (`apply_selection`); a record left with no kept token is removed (`dr
 `tokens_html` shows kept and dropped tokens of a sample of records.
 """
 
+from crediflow.token_clean.clean import (
+    Cleaned,
+    clean_fixed,
+    clean_self_evolving,
+    warmup_records,
+)
+from crediflow.token_clean.config import GRANULARITIES, MODES, TokenCleanConfig
 from crediflow.token_clean.html import tokens_html
 from crediflow.token_clean.selection import (
-    GRANULARITIES,
     apply_selection,
     drop_records,
     quota,
     select_tokens,
 )
 
-__all__ = ["GRANULARITIES", "apply_selection", "drop_records", "quota", "select_tokens",
-           "tokens_html"]
+__all__ = ["GRANULARITIES", "MODES", "Cleaned", "TokenCleanConfig", "apply_selection",
+           "clean_fixed", "clean_self_evolving", "drop_records", "quota", "select_tokens",
+           "tokens_html", "warmup_records"]

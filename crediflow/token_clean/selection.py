@@ -13,8 +13,7 @@ import numpy as np
 
 from crediflow.errors import ConfigError, InputError
 from crediflow.models.sft import IGNORE, TokenizedSFT
-
-GRANULARITIES = ("global", "sample")
+from crediflow.token_clean.config import GRANULARITIES
 
 
 def _check_rho(rho: float) -> float:
