@@ -4,8 +4,6 @@ real Airflow (SQLite), real DVC, real MLflow (SQLite store)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,43 +13,23 @@ import pytest
 import yaml
 
 from crediflow.synthetic.demo import write_demo
-from tasks.settings import PROJECT_ROOT, project_root
-
-BIN = Path(sys.executable).parent
-
-
-def _run(*cmd: str, cwd: Path) -> None:
-    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, env=os.environ | {
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+from tasks.settings import PROJECT_ROOT
 
 
 @pytest.fixture(scope="module")
-def project() -> Path:
-    """A fresh project folder (the session's CREDIFLOW_HOME): code, dvc.yaml, params, git, DVC."""
-    root = project_root()
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    for name in ("crediflow", "tasks"):
-        shutil.copytree(PROJECT_ROOT / name, root / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
-        shutil.copy(PROJECT_ROOT / name, root / name)
-    write_demo(root / "data/raw/demo.jsonl", root / "data/truth/demo_labels.csv", n=300, seed=1)
-    # ratings in the data, so that select runs with the column rater (the LLM raters have
-    # their own tests)
-    raw = root / "data/raw/demo.jsonl"
-    records = [json.loads(line) for line in raw.read_text().splitlines()]
-    raw.write_text("".join(json.dumps({**r, "rating": 1 + i % 5}) + "\n"
-                           for i, r in enumerate(records)))
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["select"]["rater"] = "column"
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run("git", "init", "-q", cwd=root)
-    _run("dvc", "init", "-q", cwd=root)
-    _run("git", "add", ".", cwd=root)
-    _run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=root)
-    _run("airflow", "db", "migrate", cwd=root)
-    return root
+def project(new_project) -> Path:
+    """A fresh project with the demo data (300 records); ratings in the data, so that select
+    runs with the column rater (the LLM raters have their own tests)."""
+
+    def setup(root: Path) -> None:
+        write_demo(root / "data/raw/demo.jsonl", root / "data/truth/demo_labels.csv", n=300,
+                   seed=1)
+        raw = root / "data/raw/demo.jsonl"
+        records = [json.loads(line) for line in raw.read_text().splitlines()]
+        raw.write_text("".join(json.dumps({**r, "rating": 1 + i % 5}) + "\n"
+                               for i, r in enumerate(records)))
+
+    return new_project(setup, {"select": {"rater": "column"}})
 
 
 def _dagbag():

@@ -5,10 +5,6 @@ form switches to self-evolving mode, then a run with nothing changed."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +16,7 @@ import yaml
 from crediflow.data.schema import CURATED_RATING, ID, MESSAGES_COLUMN, SELECTED
 from tasks.settings import PROJECT_ROOT, project_root
 
-BIN = Path(sys.executable).parent
 N = 40
-
-
-def _run(*cmd: str, cwd: Path) -> None:
-    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, env=os.environ | {
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
 
 
 def _selected(n: int) -> pa.Table:
@@ -42,35 +32,21 @@ def _selected(n: int) -> pa.Table:
 
 
 @pytest.fixture(scope="module")
-def project(tiny_lm) -> Path:
-    root = project_root()
-    root.mkdir(parents=True, exist_ok=True)
-    for old in root.iterdir():  # the MLflow store stays: its connections are open
-        if old.name not in ("mlflow.db", "mlartifacts"):
-            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
-    for name in ("crediflow", "tasks"):
-        shutil.copytree(PROJECT_ROOT / name, root / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
-        shutil.copy(PROJECT_ROOT / name, root / name)
-    model, tokenizer = tiny_lm
-    model.save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
-    (root / "data/selected").mkdir(parents=True)
-    pq.write_table(_selected(N), root / "data/selected/records.parquet")
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["token_clean"].update({"warmup_size": 6, "chunks": 3, "heldout_fraction": 0.2,
-                                  "max_records": None, "batch_size": 4, "html_records": 3})
-    params["finetune"].update({"model": str(root / "base"), "max_steps": 3, "batch_size": 4,
-                               "lora_r": 4, "lora_alpha": 8, "logging_steps": 1,
-                               "max_length": 64})
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run("git", "init", "-q", cwd=root)
-    _run("dvc", "init", "-q", cwd=root)
-    _run("git", "add", ".", cwd=root)
-    _run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=root)
-    _run("airflow", "db", "migrate", cwd=root)
-    return root
+def project(new_project, tiny_lm) -> Path:
+    """A project holding what DAG curate leaves (selected records) and a tiny base model."""
+
+    def setup(root: Path) -> None:
+        model, tokenizer = tiny_lm
+        model.save_pretrained(root / "base")
+        tokenizer.save_pretrained(root / "base")
+        (root / "data/selected").mkdir(parents=True)
+        pq.write_table(_selected(N), root / "data/selected/records.parquet")
+
+    return new_project(setup, {
+        "token_clean": {"warmup_size": 6, "chunks": 3, "heldout_fraction": 0.2,
+                        "max_records": None, "batch_size": 4, "html_records": 3},
+        "finetune": {"model": str(project_root() / "base"), "max_steps": 3, "batch_size": 4,
+                     "lora_r": 4, "lora_alpha": 8, "logging_steps": 1, "max_length": 64}})
 
 
 def _stage_runs(run_id: str) -> dict:
