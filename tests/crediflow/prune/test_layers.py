@@ -203,3 +203,19 @@ def test_config_defaults():
         "reverse", 0.25, None, "l1")
     assert (config.trainable_last, config.calibration_records, config.seed) == (3, 32, 0)
     assert all(info["help"] for info in PruneConfig.describe().values())
+
+
+def test_prune_qwen2_cuts_per_layer_config():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+    model = Qwen2ForCausalLM(config).eval()
+    pruned = prune(model, layers_to_remove(model, PruneConfig(count=1)))
+    assert pruned.config.num_hidden_layers == 3
+    if getattr(pruned.config, "layer_types", None) is not None:
+        assert len(pruned.config.layer_types) == 3
+    ids = torch.randint(1, VOCAB, (1, 5), generator=torch.Generator().manual_seed(0))
+    assert pruned.generate(ids, max_new_tokens=3, do_sample=False, use_cache=True,
+                           pad_token_id=0).shape == (1, 8)
