@@ -8,6 +8,7 @@ Run as `python -m tasks.finetune` (the cmd of its DVC stage).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import logging
 import tempfile
@@ -90,8 +91,6 @@ def run() -> dict:
 def _all_tokens_run(model: Any, tokenizer: Any, table: Any, settings: Any, *, steps: int,
                     heldout: Any, workdir: Path) -> dict:
     """The same training for the same steps on every response token: the comparison."""
-    import dataclasses
-
     everything = sft_from_table(table, labels=LABELS_ALL)
     result = train_sft(model, tokenizer, everything,
                        dataclasses.replace(settings, max_steps=int(steps)),

@@ -25,7 +25,8 @@ STAGE_RUN_ENV = "CREDIFLOW_STAGE_RUN_ID"
 _ARTIFACT_MAX_BYTES = 10 << 20
 
 
-def _mlflow():
+def mlflow_module():
+    """mlflow, imported with the project's environment applied and alembic's logs quiet."""
     apply()
     logging.getLogger("alembic").setLevel(logging.WARNING)
     import mlflow
@@ -35,7 +36,7 @@ def _mlflow():
 
 def experiment_id(root: Path | None = None) -> str:
     """The project's MLflow experiment, created with its artifacts inside the project folder."""
-    mlflow = _mlflow()
+    mlflow = mlflow_module()
     root = root or project_root()
     name = load_params(root)["mlflow"]["experiment"]
     found = mlflow.get_experiment_by_name(name)
@@ -59,7 +60,7 @@ def git_commit(root: Path | None = None) -> tuple[str, bool]:
 
 def pipeline_run(pipeline: str, dag_id: str, run_id: str) -> str:
     """The MLflow run id of this pipeline run, created on first use."""
-    mlflow = _mlflow()
+    mlflow = mlflow_module()
     client = mlflow.MlflowClient()
     exp = experiment_id()
     found = client.search_runs(
@@ -85,12 +86,12 @@ def pipeline_run(pipeline: str, dag_id: str, run_id: str) -> str:
 
 def finish_pipeline_run(parent_id: str, failed: bool) -> None:
     """Close the parent run as FINISHED or FAILED."""
-    _mlflow().MlflowClient().set_terminated(parent_id, "FAILED" if failed else "FINISHED")
+    mlflow_module().MlflowClient().set_terminated(parent_id, "FAILED" if failed else "FINISHED")
 
 
 def finished_stages(parent_id: str) -> set[str]:
     """Stages logged under `parent_id` whose child run FINISHED."""
-    runs = _mlflow().MlflowClient().search_runs(
+    runs = mlflow_module().MlflowClient().search_runs(
         [experiment_id()], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
     return {r.data.tags.get("crediflow.stage") for r in runs if r.info.status == "FINISHED"}
 
@@ -124,7 +125,7 @@ def _stage_tags(client: Any, stage: str, parent_id: str) -> dict[str, str]:
 
 def start_stage_run(stage: str, parent_id: str) -> str:
     """Open the stage's child run before the stage starts (real durations, live metrics)."""
-    client = _mlflow().MlflowClient()
+    client = mlflow_module().MlflowClient()
     return client.create_run(experiment_id(), run_name=stage,
                              tags=_stage_tags(client, stage, parent_id)).info.run_id
 
@@ -141,7 +142,7 @@ def log_stage(
 ) -> str:
     """Record one stage as a child run of `parent_id` (the one `start_stage_run` opened, when
     given); return the child's run id."""
-    mlflow = _mlflow()
+    mlflow = mlflow_module()
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 

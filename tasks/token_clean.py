@@ -94,10 +94,10 @@ def run() -> dict:
     metrics = _metrics(sft, pool, heldout, cleaned, config, seconds=time.perf_counter() - start)
     metrics["resolved"] = describe(device, config.precision)
     ids = records.column(ID).take(pa.array(pool.rows))
-    table = pa.table({ID: ids, **sft_columns(cleaned.before.with_labels(
-        np.where(cleaned.keep, pool.labels, -100)), labels_all=pool.labels,
-        scores=cleaned.scores), KEPT_FRACTION: pa.array(cleaned.kept_fraction),
-        NO_KEPT_TOKEN: pa.array(cleaned.dropped)})
+    table = pa.table({ID: ids, **sft_columns(pool.with_labels(cleaned.labels),
+                                             labels_all=pool.labels, scores=cleaned.scores),
+                      KEPT_FRACTION: pa.array(cleaned.kept_fraction),
+                      NO_KEPT_TOKEN: pa.array(cleaned.dropped)})
     held = pa.table({ID: records.column(ID).take(pa.array(heldout.rows)), **sft_columns(heldout)})
     with catalog.publish("token_clean") as out:
         out.table("token_cleaned", table)

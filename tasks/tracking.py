@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tasks.lineage import STAGE_RUN_ENV, _mlflow, experiment_id, flatten, git_commit
+from tasks.lineage import STAGE_RUN_ENV, experiment_id, flatten, git_commit, mlflow_module
 
 log = logging.getLogger("crediflow.tracking")
 
@@ -30,7 +30,7 @@ def live_logger(prefix: str = "") -> Callable[[dict], None] | None:
     run_id = stage_run_id()
     if run_id is None:
         return None
-    mlflow = _mlflow()
+    mlflow = mlflow_module()
     from mlflow.entities import Metric
 
     client = mlflow.MlflowClient()
@@ -53,7 +53,7 @@ def register_model(folder: Path, *, name: str, tags: dict[str, str], aliases: tu
     """Log the saved model in `folder` with MLflow's transformers flavour (safetensors) to the
     stage's run, register it as a new version of `name` with `tags`, and point `aliases` at
     it; return the version, run and URI."""
-    mlflow = _mlflow()
+    mlflow = mlflow_module()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)

@@ -165,10 +165,6 @@ def column(table: PlainTable, name: str) -> pa.Array:
 
 def _as_text(table: PlainTable, name: str) -> pa.Array:
     values = column(table, name)
-    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-        return values.cast(pa.string())
-    if pa.types.is_null(values.type):
-        return pa.nulls(len(values), pa.string())
     try:
         return values.cast(pa.string())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

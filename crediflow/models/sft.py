@@ -67,15 +67,20 @@ class TokenizedSFT:
         return TokenizedSFT(self.input_ids, np.asarray(labels, np.int64), self.offsets,
                             self.rows, dict(self.stats))
 
+    def positions(self, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in the flat arrays of every token of `records`, in that order; the
+        offsets of those records laid end to end), without a loop over records."""
+        records = np.asarray(records, np.int64)
+        starts = self.offsets[records]
+        lengths = self.offsets[records + 1] - starts
+        offsets = np.zeros(len(records) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1]), offsets
+
     def subset(self, records: np.ndarray) -> TokenizedSFT:
         """Records `records` (indices into this set, in the order given)."""
         records = np.asarray(records, np.int64)
-        starts, ends = self.offsets[records], self.offsets[records + 1]
-        lengths = ends - starts
-        offsets = np.zeros(len(records) + 1, np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        # every kept token's position in the flat arrays, without a loop over records
-        take = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+        take, offsets = self.positions(records)
         return TokenizedSFT(self.input_ids[take], self.labels[take], offsets, self.rows[records],
                             dict(self.stats))
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from crediflow.errors import InputError
-from crediflow.models.sft import TokenizedSFT
+from crediflow.models.sft import IGNORE, TokenizedSFT
 from crediflow.models.token_loss import token_losses
 from crediflow.models.training import TrainSettings, train_sft
 from crediflow.token_clean.config import TokenCleanConfig
@@ -49,10 +49,14 @@ class Cleaned:
     metrics: dict = field(default_factory=dict)
 
     @property
+    def labels(self) -> np.ndarray:
+        """(T,) the cleaned labels: the kept tokens' labels, -100 elsewhere."""
+        return np.where(self.keep, self.before.labels, IGNORE)
+
+    @property
     def cleaned(self) -> TokenizedSFT:
         """The records that keep at least one token, with the cleaned labels."""
-        labels = np.where(self.keep, self.before.labels, -100)
-        return self.before.with_labels(labels).subset(np.flatnonzero(~self.dropped))
+        return self.before.with_labels(self.labels).subset(np.flatnonzero(~self.dropped))
 
 
 Logger = Callable[[dict], None]
@@ -108,7 +112,7 @@ def clean_self_evolving(base: Any, tokenizer: Any, pool: TokenizedSFT, *,
         part_scores = _influence(base, theta, part, config)
         part_keep = select_tokens(part_scores, part, rho=config.rho,
                                   granularity=config.granularity)
-        positions = _token_positions(pool, records)
+        positions, _ = pool.positions(records)
         scores[positions] = part_scores
         keep[positions] = part_keep
         cleaned, _, part_dropped = apply_selection(part, part_keep)
@@ -127,12 +131,3 @@ def _influence(base: Any, reference: Any, sft: TokenizedSFT,
     `config.precision` (already resolved: fp32 or bf16)."""
     kwargs = {"batch_size": config.batch_size, "precision": config.precision}
     return token_losses(base, sft, **kwargs) - token_losses(reference, sft, **kwargs)
-
-
-def _token_positions(sft: TokenizedSFT, records: np.ndarray) -> np.ndarray:
-    """Positions in the flat arrays of every token of `records` (in that order)."""
-    starts, ends = sft.offsets[records], sft.offsets[records + 1]
-    lengths = ends - starts
-    firsts = np.zeros(len(records), np.int64)
-    np.cumsum(lengths[:-1], out=firsts[1:])
-    return np.repeat(starts - firsts, lengths) + np.arange(int(lengths.sum()))
