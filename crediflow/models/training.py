@@ -71,6 +71,9 @@ class TrainSettings:
     logging_steps: int = 5  # optimizer steps between two logs
     shuffle: bool = True  # seeded; False: the records' order
     group_by_length: bool = True  # with shuffle: batches of similar lengths (less padding)
+    # full training of only these parameters (names as in `named_parameters`, a tied weight
+    # under any of its names); empty: every parameter (or the adapters, with lora)
+    trainable: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name, allowed in (("scheduler", SCHEDULERS), ("optimizer", OPTIMIZERS),
@@ -79,6 +82,10 @@ class TrainSettings:
                 raise ConfigError(f"{getattr(self, name)!r} is not allowed; choose one of "
                                   f"{', '.join(allowed)}", section="finetune", key=name)
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        object.__setattr__(self, "trainable", tuple(self.trainable))
+        if self.lora and self.trainable:
+            raise ConfigError("LoRA trains its adapters; a list of trainable parameters is for "
+                              "full training", section="finetune", key="method")
 
 
 @dataclass
@@ -161,6 +168,8 @@ def train_sft(model: Any, tokenizer: Any, sft: TokenizedSFT, settings: TrainSett
     set_seed(settings.seed)  # LoRA's adapter init draws from it
     if settings.lora:
         model = _with_lora(model, settings)
+    elif settings.trainable:
+        freeze_except(model, settings.trainable)
     trainable, total = _count_params(model)
     counter = _Throughput()
     trainer = _trainer_class()(
@@ -272,6 +281,19 @@ def _with_lora(model: Any, settings: TrainSettings) -> Any:
                         target_modules=list(settings.lora_targets), bias="none",
                         task_type="CAUSAL_LM")
     return get_peft_model(model, config)
+
+
+def freeze_except(model: Any, names: Sequence[str]) -> None:
+    """Let only the parameters `names` train (requires_grad); an unknown name is an
+    InputError listing a few the model has."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    unknown = [n for n in names if n not in params]
+    if unknown:
+        raise InputError(f"the model has no parameter {unknown[0]!r}; it has e.g. "
+                         f"{', '.join(list(params)[:3])}", field="trainable")
+    chosen = {id(params[n]) for n in names}
+    for param in params.values():
+        param.requires_grad_(id(param) in chosen)
 
 
 def _linear_module_names(model: Any) -> set[str]:

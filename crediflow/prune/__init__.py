@@ -5,10 +5,13 @@ partial-layer fine-tuning trains."""
 from crediflow.prune.config import PruneConfig
 from crediflow.prune.layers import (
     decoder_layers,
+    head_is_tied,
     layers_to_remove,
     prune,
+    remove_count,
     trainable_for_partial,
+    untie_head,
 )
 
-__all__ = ["PruneConfig", "decoder_layers", "layers_to_remove", "prune",
-           "trainable_for_partial"]
+__all__ = ["PruneConfig", "decoder_layers", "head_is_tied", "layers_to_remove", "prune",
+           "remove_count", "trainable_for_partial", "untie_head"]

@@ -9,15 +9,18 @@ data-driven ones.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from crediflow.config import MethodConfig, option
+from crediflow.models.training import TrainSettings
 
 SELECTORS = ("reverse", "random", "magnitude", "taylor", "block_influence", "perplexity")
 NORMS = ("l1", "l2")
 # selectors that need calibration records (a TokenizedSFT with labels)
 CALIBRATED = ("taylor", "block_influence", "perplexity")
+RECOVERY = ("partial", "lora", "none")
+TIED_HEAD = ("shared", "untie")
 
 
 @dataclass(frozen=True)
@@ -45,3 +48,32 @@ class PruneConfig(MethodConfig):
                                           "records of the calibration set that score layers",
                                       low=1)
     seed: int = option(0, "random seed of the random selector", low=0)
+    finetune: str = option("partial", "training after pruning, through the finetune stage's "
+                                      "code: partial (only the last `trainable_last` layers, "
+                                      "the final norm and the lm_head), lora (adapters on "
+                                      "finetune.lora_targets, rank lora_r), none",
+                           choices=RECOVERY)
+    tied_head: str = option("shared", "partial, when the lm_head is the input embedding "
+                                      "matrix (SmolLM2): shared trains that one matrix (the "
+                                      "embeddings change too; no parameter added), untie gives "
+                                      "the head its own copy first (embeddings frozen; vocab x "
+                                      "hidden parameters more)", choices=TIED_HEAD)
+    learning_rate: float = option(1e-5, "peak learning rate of the training after pruning "
+                                        "(the paper: 1e-5)", low=0, low_open=True)
+    epochs: int = option(2, "passes over the token-cleaned records (the paper: 2)", low=1)
+    max_steps: int = option(-1, "optimizer steps (-1: as many as epochs take)", low=-1)
+    lora_r: int = option(8, "lora: adapter rank (the paper: 8)", low=1)
+    lora_alpha: int = option(16, "lora: adapter scale (the paper: 16)", low=1)
+
+    def recovery_settings(self, base: TrainSettings, trainable: tuple[str, ...] = ()
+                          ) -> TrainSettings | None:
+        """The finetune stage's settings with this section's schedule and method: `trainable`
+        names the parameters of partial training; None when `finetune` is none."""
+        if self.finetune == "none":
+            return None
+        if self.max_steps == 0:
+            raise self.error("max_steps", "-1 (train for `epochs`) or 1 or more, got 0")
+        lora = self.finetune == "lora"
+        return replace(base, learning_rate=self.learning_rate, epochs=self.epochs,
+                       max_steps=self.max_steps, lora=lora, lora_r=self.lora_r,
+                       lora_alpha=self.lora_alpha, trainable=() if lora else tuple(trainable))

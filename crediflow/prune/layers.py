@@ -61,12 +61,19 @@ def decoder_layers(model: Any) -> Any:
     return _layers_path(model)[2]
 
 
-def _remove_count(config: PruneConfig, n_layers: int) -> int:
-    """k: `count`, else round(ratio * layers); at least 1 and at most layers - 1."""
-    if n_layers < 2:
-        raise InputError(f"a model with {n_layers} decoder layer(s) cannot lose a layer")
+def remove_count(config: PruneConfig, n_layers: int) -> int:
+    """k: `count`, else round(ratio * layers); a ConfigError (naming the key) when that
+    removes no layer or every layer."""
+    key = "count" if config.count is not None else "ratio"
     k = config.count if config.count is not None else round(config.ratio * n_layers)
-    return int(min(max(k, 1), n_layers - 1))
+    what = f"count {k}" if key == "count" else f"ratio {config.ratio} x {n_layers} layers"
+    if k < 1:
+        raise config.error(key, f"{what} removes no layer; remove at least 1 of "
+                                f"{n_layers}")
+    if k >= n_layers:
+        raise config.error(key, f"{what} removes every layer ({k} of {n_layers}); keep at "
+                                f"least 1")
+    return int(k)
 
 
 def layers_to_remove(model: Any, config: PruneConfig, *,
@@ -77,7 +84,7 @@ def layers_to_remove(model: Any, config: PruneConfig, *,
     `config.calibration_records` records of `calibration` (InputError without it).
     """
     n_layers = len(decoder_layers(model))
-    k = _remove_count(config, n_layers)
+    k = remove_count(config, n_layers)
     if config.selector == "reverse":
         return list(range(n_layers - k, n_layers))
     if config.selector == "random":
@@ -302,6 +309,28 @@ def prune(model: Any, remove: list[int]) -> Any:
             if isinstance(getattr(module, "layer_idx", None), int):
                 module.layer_idx = index
     return new.to(device=first.device, dtype=first.dtype).eval()
+
+
+def head_is_tied(model: Any) -> bool:
+    """Whether the lm_head and the input embeddings are one tensor (SmolLM2, GPT-2)."""
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    return head is not None and embed is not None and head.weight is embed.weight
+
+
+def untie_head(model: Any) -> Any:
+    """Give a tied lm_head its own copy of the embedding matrix (in place; the config says
+    so, and a saved model reloads untied), so that training the head leaves the input
+    embeddings alone. Costs vocab x hidden parameters more. Returns the model."""
+    import torch
+
+    if head_is_tied(model):
+        head = model.get_output_embeddings()
+        head.weight = torch.nn.Parameter(head.weight.detach().clone())
+        model.config.tie_word_embeddings = False
+        text = getattr(model.config, "get_text_config", None)
+        if text is not None:
+            text().tie_word_embeddings = False
+    return model
 
 
 def trainable_for_partial(model: Any, last: int) -> list[str]:

@@ -162,6 +162,28 @@ def test_lora_trains_only_adapters_and_merges_to_a_plain_model(lm, tmp_path):
     assert all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
 
 
+def test_trainable_names_train_only_those_parameters(lm, tmp_path):
+    model, tokenizer = lm
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    names = ("model.layers.1.mlp.down_proj.weight", "model.norm.weight")
+    settings = dataclasses.replace(FAST, trainable=names, max_steps=3)
+    result, _ = run(model, tokenizer, make_sft(tokenizer), settings, tmp_path)
+    state = result.model.state_dict()
+    changed = {k for k in state if not torch.equal(state[k], original[k])}
+    assert changed == set(names)
+    assert result.metrics["trainable_params"] == sum(original[n].numel() for n in names)
+
+
+def test_unknown_trainable_name_and_lora_with_names_are_refused(lm, tmp_path):
+    model, tokenizer = lm
+    with pytest.raises(InputError, match="no parameter 'model.layers.9.x'"):
+        train_sft(model, tokenizer, make_sft(tokenizer),
+                  dataclasses.replace(FAST, trainable=("model.layers.9.x",)),
+                  output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="LoRA trains its adapters"):
+        dataclasses.replace(FAST, lora=True, trainable=("model.norm.weight",))
+
+
 def test_a_lora_target_the_model_lacks_is_a_config_error(lm, tmp_path):
     model, tokenizer = lm
     settings = dataclasses.replace(FAST, lora=True, lora_targets=("q_proj", "c_attn"))

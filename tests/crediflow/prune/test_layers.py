@@ -11,9 +11,11 @@ from crediflow.models.sft import IGNORE, TokenizedSFT
 from crediflow.prune import (
     PruneConfig,
     decoder_layers,
+    head_is_tied,
     layers_to_remove,
     prune,
     trainable_for_partial,
+    untie_head,
 )
 
 VOCAB = 48
@@ -64,9 +66,16 @@ def test_reverse_removes_the_last_layers():
     model = _llama()
     assert layers_to_remove(model, PruneConfig(ratio=1 / 3)) == [4, 5]
     assert layers_to_remove(model, PruneConfig(count=1)) == [5]
-    # at least 1, at most L - 1
-    assert layers_to_remove(model, PruneConfig(ratio=0.01)) == [5]
-    assert layers_to_remove(model, PruneConfig(count=10)) == [1, 2, 3, 4, 5]
+    assert layers_to_remove(model, PruneConfig(count=5)) == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize(("values", "key", "words"), [
+    ({"ratio": 0.01}, "ratio", "removes no layer"), ({"ratio": 0.95}, "ratio", "every layer"),
+    ({"count": 6}, "count", "every layer")])
+def test_removing_no_layer_or_every_layer_is_refused(values, key, words):
+    with pytest.raises(ConfigError, match=words) as info:
+        layers_to_remove(_llama(), PruneConfig(**values))
+    assert (info.value.section, info.value.key) == ("prune", key)
 
 
 def test_random_is_seeded():
@@ -140,6 +149,97 @@ def test_pruning_an_identity_layer_keeps_the_logits(tmp_path):
     uncached = pruned.generate(ids[:1], use_cache=False, **kwargs)
     assert cached.shape == (1, 16)
     assert torch.equal(cached, uncached)
+
+
+def test_pruned_model_equals_the_original_with_those_layers_skipped():
+    model = _llama()
+    remove = [1, 4]
+    pruned = prune(model, remove)
+
+    def skip(_module, args, kwargs, output):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    layer_params = [sum(p.numel() for p in decoder_layers(model)[i].parameters())
+                    for i in remove]
+    assert (sum(p.numel() for p in model.parameters())
+            - sum(p.numel() for p in pruned.parameters())) == sum(layer_params)
+    handles = [decoder_layers(model)[i].register_forward_hook(skip, with_kwargs=True)
+               for i in remove]
+    ids = torch.randint(1, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        skipped = model(input_ids=ids).logits
+        for handle in handles:
+            handle.remove()
+        full = model(input_ids=ids).logits
+        got = pruned(input_ids=ids).logits
+    torch.testing.assert_close(got, skipped, atol=1e-5, rtol=0)
+    assert not torch.allclose(got, full, atol=1e-3)  # the removed layers did matter
+
+
+def test_llama_3_1_8b_partial_trainable_count_by_formula():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                         num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                         tie_word_embeddings=False)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    params = dict(model.named_parameters())
+    names = trainable_for_partial(model, 3)
+    one_layer = sum(p.numel() for p in decoder_layers(model)[0].parameters())
+    assert one_layer == 218_112_000
+    assert sum(params[n].numel() for n in names) == 1_179_676_672
+
+
+def test_untie_head_keeps_the_embeddings_out_of_partial_training(tmp_path):
+    from transformers import LlamaForCausalLM
+
+    model = _llama(tied=True)
+    assert head_is_tied(model)
+    ids = torch.randint(1, VOCAB, (1, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    untie_head(model)
+    assert not head_is_tied(model)
+    names = trainable_for_partial(model, 1)
+    assert "lm_head.weight" in names and "model.embed_tokens.weight" not in names
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, before)
+        model.lm_head.weight.add_(1.0)
+    model.save_pretrained(tmp_path / "untied")
+    reloaded = LlamaForCausalLM.from_pretrained(tmp_path / "untied")
+    assert not head_is_tied(reloaded)
+    torch.testing.assert_close(reloaded.lm_head.weight, model.lm_head.weight)
+
+
+def test_recovery_settings_follow_the_section():
+    from crediflow.models.training import TrainSettings
+
+    base = TrainSettings(learning_rate=1e-4, batch_size=2)
+    partial = PruneConfig().recovery_settings(base, ("lm_head.weight",))
+    assert (partial.learning_rate, partial.epochs, partial.lora, partial.trainable,
+            partial.batch_size) == (1e-5, 2, False, ("lm_head.weight",), 2)
+    lora = PruneConfig(finetune="lora").recovery_settings(base, ("lm_head.weight",))
+    assert lora.lora and lora.trainable == () and lora.lora_r == 8
+    assert PruneConfig(finetune="none").recovery_settings(base) is None
+    with pytest.raises(ConfigError, match="'max_steps'"):
+        PruneConfig(max_steps=0).recovery_settings(base)
+
+
+def test_prune_mistral():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2)).eval()
+    pruned = prune(model, layers_to_remove(model, PruneConfig()))
+    assert type(pruned) is MistralForCausalLM and pruned.config.num_hidden_layers == 3
+    ids = torch.randint(1, VOCAB, (1, 5), generator=torch.Generator().manual_seed(0))
+    kwargs = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0}
+    assert torch.equal(pruned.generate(ids, use_cache=True, **kwargs),
+                       pruned.generate(ids, use_cache=False, **kwargs))
 
 
 def test_prune_gpt2():
