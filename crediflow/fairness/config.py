@@ -34,13 +34,14 @@ class FairnessConfig(MethodConfig):
     positive_class: int = option(1, "index of the positive class among the sorted label "
                                     "classes (equal opportunity)", low=0)
     hoc_steps: int = option(1500, "Adam steps of the HOC fit of T and p", low=1)
-    warn_condition: float = option(20.0, "warn when T's condition number passes this (the "
+    warn_condition: float = option(10.0, "warn when T's condition number passes this (the "
                                          "proxies say little about the group)", low=1)
-    max_condition: float = option(1e6, "T with a larger condition number counts as "
-                                       "singular (see on_singular)", low=1)
-    on_singular: str = option("error", "a singular T: error (refuse) or raw (report the raw "
-                                       "proxy estimate as the calibrated one, with a warning)",
-                              choices=ON_SINGULAR)
+    max_condition: float = option(100.0, "T with a larger condition number counts as "
+                                         "singular (see on_singular)", low=1)
+    on_singular: str = option("error", "a T that cannot calibrate (singular, or not "
+                                       "diagonally dominant): error (refuse) or raw (report "
+                                       "the raw proxy estimate as the calibrated one, with a "
+                                       "warning)", choices=ON_SINGULAR)
     min_kappa: float = option(0.05, "warn when two proxies agree less than this beyond "
                                     "chance (Cohen's kappa): uninformative proxies",
                               low=-1, high=1)

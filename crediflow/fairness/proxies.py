@@ -38,9 +38,12 @@ from crediflow.fairness.metrics import (
     fairness_gaps,
     gaps_from_rates,
     joint_counts,
+    opportunity_gap,
     present_labels,
+    rate_gap,
     rates_from_counts,
     slice_rates,
+    slices_gap,
 )
 
 NUM_PROXIES = 3
@@ -54,8 +57,9 @@ class ProxyEstimate:
     `raw`: the gaps measured with proxy 1 as the group; `calibrated`: with the HOC-calibrated
     rates; `true`: with the true groups, when given. `T` (M, M) and `p` (M,) are the
     whole-table HOC estimate, `condition` T's condition number, `kappa` the pairwise Cohen's
-    kappa of the proxies (pairs 1-2, 1-3, 2-3). `fallback` is True when T was singular and
-    the calibrated estimate is the raw one (`on_singular: raw`).
+    kappa of the proxies (pairs 1-2, 1-3, 2-3). `fallback` names the gaps ("dp", "eod",
+    "eop") whose T could not calibrate (singular or not diagonally dominant) and whose
+    calibrated value is the raw one (`on_singular: raw`).
     """
 
     raw: FairnessGaps
@@ -66,7 +70,7 @@ class ProxyEstimate:
     condition: float
     kappa: np.ndarray
     mode: str
-    fallback: bool
+    fallback: tuple[str, ...]
     warnings: tuple[str, ...]
     raw_rates: np.ndarray = field(repr=False)
     calibrated_rates: np.ndarray = field(repr=False)
@@ -92,13 +96,13 @@ class ProxyEstimate:
                    condition=float(self.condition),
                    kappa={f"{a + 1}-{b + 1}": float(k)
                           for (a, b), k in zip(PAIRS, self.kappa, strict=True)},
-                   mode=self.mode, fallback=self.fallback, warnings=list(self.warnings))
+                   mode=self.mode, fallback=list(self.fallback), warnings=list(self.warnings))
         return out
 
 
-class SingularTransitionError(InputError):
-    """The proxies' transition matrix cannot be inverted (the proxies carry too little
-    information about the group)."""
+class TransitionError(InputError):
+    """The proxies' transition matrix cannot calibrate: it is singular (condition number past
+    `max_condition`), or not diagonally dominant (HOC could not tell the groups apart)."""
 
 
 def check_proxies(proxies: np.ndarray, num_groups: int | None = None) -> tuple[np.ndarray, int]:
@@ -175,10 +179,6 @@ def clip_rates(rates: np.ndarray, low: float) -> np.ndarray:
 
 _FIT_WARNINGS = {
     "rows": "HOC ran on fewer than min_rows ({min_rows}) rows on {scopes}: T is uncertain there",
-    "dominance": "the proxies' transition matrix T is not diagonally dominant (a true group "
-                 "is most often proxied as another) on {scopes}: HOC could not tell the groups "
-                 "apart, likely because the proxies are too weak or depend on each other given "
-                 "the group; do not trust the calibrated estimate",
     "condition": "the proxies' transition matrix T is near-singular (condition number up to "
                  "{worst:.1f} > warn_condition {warn:g}) on {scopes}: the proxies say little "
                  "about the group and the calibrated estimate is unstable",
@@ -194,6 +194,7 @@ class _Calibration:
         self.notes: list[str] = []
         self.scopes: dict[str, list[str]] = {kind: [] for kind in _FIT_WARNINGS}
         self.worst = 0.0
+        self.table_fit: tuple[np.ndarray, np.ndarray, float] | None = None
 
     def warn(self, text: str) -> None:
         """Add a warning (once)."""
@@ -214,24 +215,30 @@ class _Calibration:
             self.scopes["rows"].append(f"{scope} ({proxies.shape[0]})")
         t, p = estimate_transition(proxies, self.m, steps=self.cfg.hoc_steps)
         cond = float(np.linalg.cond(t))
+        if scope == "all rows":
+            self.table_fit = (t, p, cond)
+        where = "" if scope == "all rows" else f" on {scope}"
         if not np.isfinite(cond) or cond > self.cfg.max_condition:
-            where = "" if scope == "all rows" else f" on {scope}"
-            raise SingularTransitionError(
+            raise TransitionError(
                 f"the proxies' transition matrix T{where} is singular (condition number "
                 f"{cond:.3g} > max_condition {self.cfg.max_condition:g}): the proxies carry "
                 f"too little information about the group to calibrate; use better proxies, "
                 f"or on_singular: raw to report the raw proxy estimate", field="proxies")
         if not np.all(np.argmax(t, axis=1) == np.arange(self.m)):
-            self.scopes["dominance"].append(scope)
+            raise TransitionError(
+                f"the proxies' transition matrix T{where} is not diagonally dominant (HOC "
+                f"finds a true group proxied more often as another): the proxies are too "
+                f"weak or depend on each other given the group, and cannot calibrate; use "
+                f"better proxies, or on_singular: raw to report the raw proxy estimate",
+                field="proxies")
         if cond > self.cfg.warn_condition:
             self.scopes["condition"].append(scope)
             self.worst = max(self.worst, cond)
         return t, p, cond
 
-    def rates(self, pred: np.ndarray, proxies: np.ndarray, scope: str,
-              fitted: tuple[np.ndarray, np.ndarray, float] | None = None) -> np.ndarray:
-        """Calibrated (M, K) rates of the rows given (`fitted`: their T, p if already fit)."""
-        t, p, _ = fitted or self.fit(proxies, scope)
+    def rates(self, pred: np.ndarray, proxies: np.ndarray, scope: str) -> np.ndarray:
+        """Calibrated (M, K) rates of the rows given (`scope` names them in warnings)."""
+        t, p, _ = self.fit(proxies, scope)
         ts = np.broadcast_to(t, (self.k, self.m, self.m)).copy()
         if self.cfg.mode == "local":
             for c in range(self.k):
@@ -255,14 +262,41 @@ def _raw(run: _Calibration, pred: np.ndarray, labels: np.ndarray, proxy: np.ndar
 
 
 def _calibrated(run: _Calibration, pred: np.ndarray, labels: np.ndarray,
-                proxies: np.ndarray, fitted: tuple[np.ndarray, np.ndarray, float]
-                ) -> tuple[FairnessGaps, np.ndarray]:
-    rates = run.rates(pred, proxies, "all rows", fitted)
+                proxies: np.ndarray, raw: tuple[FairnessGaps, np.ndarray]
+                ) -> tuple[FairnessGaps, np.ndarray, tuple[str, ...]]:
+    """Calibrated gaps and (M, K) rates, and which gaps fell back to the raw estimate.
+
+    Demographic parity is calibrated on all rows, equalized odds and equal opportunity on the
+    label slices; when a T of one part cannot calibrate and `on_singular` is `raw`, that
+    part keeps the raw estimate (with a warning), else the TransitionError stands.
+    """
+    cfg, (raw_gaps, raw_rates) = run.cfg, raw
+    fallback: list[str] = []
+    try:
+        rates = run.rates(pred, proxies, "all rows")
+        dp = rate_gap(rates, aggregate=cfg.aggregate)
+    except TransitionError as exc:
+        _fall_back(run, exc, "demographic parity")
+        rates, dp = raw_rates, raw_gaps.dp
+        fallback.append("dp")
     present = present_labels(labels, run.k)
-    slices = np.stack([run.rates(pred[labels == y], proxies[labels == y],
-                                 f"rows with label {y}") for y in present])
-    gaps = gaps_from_rates(rates, slices, present, run.cfg.positive_class, run.cfg.aggregate)
-    return gaps, rates
+    try:
+        slices = np.stack([run.rates(pred[labels == y], proxies[labels == y],
+                                     f"rows with label {y}") for y in present])
+        eod = slices_gap(slices, aggregate=cfg.aggregate)
+        eop = opportunity_gap(slices, present, cfg.positive_class, aggregate=cfg.aggregate)
+    except TransitionError as exc:
+        _fall_back(run, exc, "equalized odds and equal opportunity")
+        eod, eop = raw_gaps.eod, raw_gaps.eop
+        fallback += ["eod", "eop"]
+    return FairnessGaps(dp, eod, eop), rates, tuple(fallback)
+
+
+def _fall_back(run: _Calibration, exc: TransitionError, what: str) -> None:
+    if run.cfg.on_singular == "error":
+        raise exc
+    reason = exc.reason.split(": the proxies")[0].split(" (HOC")[0]
+    run.warn(f"{reason}; the calibrated {what} fall(s) back to the raw proxy estimate")
 
 
 def _prepare(pred: np.ndarray, labels: np.ndarray, proxies: np.ndarray,
@@ -302,7 +336,8 @@ def estimate_fairness(
     largest index + 1). Settings, warnings thresholds and the singular-T policy come from
     `config` (defaults: `FairnessConfig()`). Raises InputError for fewer than three proxies,
     a proxy with another number of classes than the groups, a group (true or proxy 1) with
-    no rows in a label slice, and — unless `on_singular` is `raw` — a singular T.
+    no rows in a label slice, and — unless `on_singular` is `raw` — a T that cannot
+    calibrate (singular, or not diagonally dominant).
     """
     cfg = config or FairnessConfig()
     pred, labels, proxies, groups, k, m = _prepare(
@@ -317,17 +352,8 @@ def estimate_fairness(
     raw, raw_rates = _raw(run, pred, labels, proxies[:, 0])
     kappa = proxy_kappa(proxies, m)
     _agreement_warnings(run, kappa)
-    t, p, cond = np.full((m, m), np.nan), np.full(m, np.nan), float("inf")
-    try:
-        t, p, cond = fitted = run.fit(proxies, "all rows")
-        calibrated, rates = _calibrated(run, pred, labels, proxies, fitted)
-        fallback = False
-    except SingularTransitionError as exc:
-        if cfg.on_singular == "error":
-            raise
-        run.warn(f"{exc.reason.split(': the proxies')[0]}; the calibrated estimate falls "
-                 f"back to the raw proxy estimate")
-        calibrated, rates, fallback = raw, raw_rates, True
+    calibrated, rates, fallback = _calibrated(run, pred, labels, proxies, (raw, raw_rates))
+    t, p, cond = run.table_fit  # the first fit, kept even when it could not calibrate
     return ProxyEstimate(raw=raw, calibrated=calibrated, true=true, T=t, p=p, condition=cond,
                          kappa=kappa, mode=cfg.mode, fallback=fallback,
                          warnings=tuple(run.warnings), raw_rates=raw_rates,

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from crediflow.errors import ConfigError, CrediflowError, InputError
+from crediflow.errors import CrediflowError, InputError
 from crediflow.fairness.config import MODES, FairnessConfig
 from crediflow.fairness.proxies import ProxyEstimate, estimate_fairness
 
@@ -247,6 +247,45 @@ def split_rows(n: int, aux_fraction: float, seed: int = 0) -> tuple[np.ndarray, 
     return np.sort(order[:cut]), np.sort(order[cut:])
 
 
+def evaluation_split(task: TabularTask, *, aux_fraction: float = 0.3,
+                     max_rows: int | None = None, seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(aux rows, evaluation rows); `max_rows` caps the evaluation rows (a seeded sample)."""
+    aux, rows = split_rows(task.labels.size, aux_fraction, seed)
+    if max_rows is not None and rows.size > max_rows:
+        rows = np.sort(np.random.default_rng(seed + 1).choice(rows, max_rows, replace=False))
+    return aux, rows
+
+
+def make_proxies(task: TabularTask, kind: str, aux: np.ndarray, rows: np.ndarray, *,
+                 noise: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """(len(rows), 3) proxies: `trained` on the aux rows, or the true group `noised` through
+    `noise` (default [[0.7, 0.3], [0.25, 0.75]]; (M, M) or one per proxy)."""
+    if kind == "trained":
+        return trained_proxies(task, aux, rows)
+    if kind == "noised":
+        t = np.asarray(DEFAULT_NOISE if noise is None else noise)
+        return noised_proxies(task.groups[rows], t, seed)
+    raise InputError(f"proxies must be one of {', '.join(PROXY_KINDS)}, got {kind!r}",
+                     field="proxies")
+
+
+def target_predictions(task: TabularTask, rows: np.ndarray, *, models: tuple[str, ...] = MODELS,
+                       seed: int = 0) -> dict[str, np.ndarray]:
+    """Cross-fitted predictions of each target model on `rows`."""
+    return {kind: cross_fitted(kind, task, rows, seed) for kind in models}
+
+
+def estimate_rows(task: TabularTask, rows: np.ndarray, predictions: dict[str, np.ndarray],
+                  proxies: np.ndarray, config: FairnessConfig | None = None) -> list[ModelRow]:
+    """One `ModelRow` per model: accuracy and the weak-proxy estimate on `rows`."""
+    labels, groups = task.labels[rows], task.groups[rows]
+    return [ModelRow(kind, float(np.mean(pred == labels)),
+                     estimate_fairness(pred, labels, proxies, groups=groups, config=config,
+                                       num_classes=2, num_groups=2))
+            for kind, pred in predictions.items()]
+
+
 def fairness_table(
     task: TabularTask,
     *,
@@ -262,27 +301,14 @@ def fairness_table(
     estimate (raw, calibrated, true) on the evaluation rows.
 
     `proxies`: `trained` (feature-view classifiers fitted on the aux rows) or `noised` (the
-    true group through `noise`, default [[0.7, 0.3], [0.25, 0.75]]). `max_rows` caps the
-    evaluation rows (a seeded sample).
+    true group through `noise`). `config` defaults to `FairnessConfig(on_singular="raw")`,
+    so that a T that cannot calibrate shows as a fallback to the raw estimate.
     """
-    aux, rows = split_rows(task.labels.size, aux_fraction, seed)
-    if max_rows is not None and rows.size > max_rows:
-        rows = np.sort(np.random.default_rng(seed + 1).choice(rows, max_rows, replace=False))
-    if proxies == "trained":
-        proxy = trained_proxies(task, aux, rows)
-    elif proxies == "noised":
-        proxy = noised_proxies(task.groups[rows], np.asarray(
-            DEFAULT_NOISE if noise is None else noise), seed)
-    else:
-        raise InputError(f"proxies must be one of {', '.join(PROXY_KINDS)}, got {proxies!r}",
-                         field="proxies")
-    out = []
-    for kind in models:
-        pred = cross_fitted(kind, task, rows, seed)
-        estimate = estimate_fairness(pred, task.labels[rows], proxy, groups=task.groups[rows],
-                                     config=config, num_classes=2, num_groups=2)
-        out.append(ModelRow(kind, float(np.mean(pred == task.labels[rows])), estimate))
-    return out
+    cfg = config or FairnessConfig(on_singular="raw")
+    aux, rows = evaluation_split(task, aux_fraction=aux_fraction, max_rows=max_rows, seed=seed)
+    proxy = make_proxies(task, proxies, aux, rows, noise=noise, seed=seed)
+    predictions = target_predictions(task, rows, models=models, seed=seed)
+    return estimate_rows(task, rows, predictions, proxy, cfg)
 
 
 def mean_errors(rows: list[ModelRow]) -> dict[str, dict[str, float]]:
@@ -292,6 +318,15 @@ def mean_errors(rows: list[ModelRow]) -> dict[str, dict[str, float]]:
         errors = np.array([getattr(r.estimate, f"{kind}_error").astuple() for r in rows])
         out[kind] = dict(zip(("dp", "eod", "eop"), map(float, errors.mean(axis=0)),
                              strict=True))
+    return out
+
+
+def table_warnings(rows: list[ModelRow]) -> dict[str, list[str]]:
+    """Each distinct warning of the rows' estimates, with the models it came from."""
+    out: dict[str, list[str]] = {}
+    for r in rows:
+        for warning in r.estimate.warnings:
+            out.setdefault(warning, []).append(r.model)
     return out
 
 
@@ -339,10 +374,11 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         task = load_task(args.dataset)
-        rows = fairness_table(task, proxies=args.proxies, config=FairnessConfig(mode=args.mode),
+        cfg = FairnessConfig(mode=args.mode, on_singular="raw")
+        rows = fairness_table(task, proxies=args.proxies, config=cfg,
                               aux_fraction=args.aux_fraction, max_rows=args.max_rows,
                               seed=args.seed)
-    except (InputError, ConfigError, CrediflowError) as exc:
+    except CrediflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(65)
     if args.json:
@@ -353,9 +389,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{task.name}: group {task.group_names[1]!r} vs {task.group_names[0]!r}, "
           f"{args.proxies} proxies, {args.mode} mode")
     print(format_table(rows))
-    for r in rows:
-        for warning in r.estimate.warnings:
-            print(f"warning ({r.model}): {warning}")
+    for warning, models in table_warnings(rows).items():
+        print(f"warning ({', '.join(models)}): {warning}")
 
 
 if __name__ == "__main__":
