@@ -1,4 +1,5 @@
-"""DAG `train`: token_clean -> finetune on the curated data.
+"""DAG `train`: token_clean -> finetune -> prune -> evaluate (and promotion) on the curated
+data.
 
 Scheduled by the curated-data Asset that DAG `curate` updates, or triggered by hand with the
 Params form (base model, rho, mode, epochs, learning rate, LoRA). A manual run's values are
@@ -22,7 +23,8 @@ CURATED = Asset(name="crediflow_curated", uri="crediflow://curated")
 
 with DAG(
     dag_id="train",
-    description="Token cleaning and fine-tuning on the curated data (crediflow)",
+    description="Token cleaning, fine-tuning, layer pruning, evaluation and promotion "
+                "(crediflow)",
     schedule=[CURATED],
     start_date=datetime(2026, 1, 1),
     catchup=False,

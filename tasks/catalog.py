@@ -40,7 +40,8 @@ DATASETS: dict[str, tuple[str, str]] = {
 # stage -> the catalog folder it writes, and the stage that writes each folder
 STAGE_FOLDERS: dict[str, str] = {"ingest": "ingested", "embed": "embeddings",
                                  "audit": "audited", "fix": "fixed", "select": "selected",
-                                 "token_clean": "token_cleaned", "finetune": "finetuned"}
+                                 "token_clean": "token_cleaned", "finetune": "finetuned",
+                                 "prune": "pruned"}
 _WRITER = {folder: stage for stage, folder in STAGE_FOLDERS.items()}
 # folders and files of the catalog section that are not stage outputs
 _OTHER_KEYS = ("raw", "truth", "reports", "cache")

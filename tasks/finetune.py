@@ -26,11 +26,10 @@ from crediflow.models.sft import sft_from_table
 from crediflow.models.token_loss import mean_label_loss
 from crediflow.models.training import save_model, train_sft
 from tasks.catalog import Catalog
-from tasks.config import load_params, stage_config
+from tasks.config import stage_config
 from tasks.io import write_json
-from tasks.runner import lock_entry
 from tasks.stage import stage_main
-from tasks.tracking import lineage_tags, live_logger, register_model, stage_run_id
+from tasks.tracking import live_logger, register_stage_model
 
 log = logging.getLogger("crediflow.finetune")
 UPSTREAM = ("ingest", "embed", "audit", "fix", "select", "token_clean")
@@ -103,20 +102,12 @@ def _all_tokens_run(model: Any, tokenizer: Any, table: Any, settings: Any, *, st
 
 def _register(catalog: Catalog, config: FinetuneConfig, base_print: str, metrics: dict) -> dict:
     """Register the published model with the hashes of every upstream output and more."""
-    import mlflow
-
-    run_id = stage_run_id()
-    airflow_run = (mlflow.MlflowClient().get_run(run_id).data.tags.get("airflow.run_id", "")
-                   if run_id else "")
-    lock = {"stages": {s: lock_entry(s) or {} for s in UPSTREAM}}
-    tags = lineage_tags(lock, UPSTREAM, {
-        "base_model": config.model or "SmolLM2-135M-Instruct (packaged)",
-        "base_model.fingerprint": base_print, "airflow.run_id": airflow_run,
-        "crediflow.stage": "finetune", "heldout_loss": f"{metrics['heldout_loss']:.6f}"})
-    name = load_params()["mlflow"].get("registered_model", "crediflow-sft")
-    return register_model(Path(catalog.folder("finetuned")), name=name, tags=tags,
-                          aliases=("candidate",),
-                          description=f"{config.method} fine-tune on token-cleaned data")
+    return register_stage_model(
+        Path(catalog.folder("finetuned")), stage="finetune", upstream=UPSTREAM,
+        extra={"base_model": config.model or "SmolLM2-135M-Instruct (packaged)",
+               "base_model.fingerprint": base_print,
+               "heldout_loss": f"{metrics['heldout_loss']:.6f}"},
+        aliases=("candidate",), description=f"{config.method} fine-tune on token-cleaned data")
 
 
 if __name__ == "__main__":

@@ -26,16 +26,26 @@ FIELDS: dict[str, tuple[str, str, str, str]] = {
     "max_steps": ("integer", "finetune", "max_steps", "fine-tuning steps (-1: by epochs)"),
     "learning_rate": ("number", "finetune", "learning_rate", "fine-tuning learning rate"),
     "lora": ("boolean", "finetune", "method", "true: LoRA, false: full fine-tuning"),
+    "prune_selector": ("string", "prune", "selector", "layer pruning: reverse, random, "
+                       "magnitude, taylor, block_influence or perplexity"),
+    "prune_ratio": ("number", "prune", "ratio", "share of the decoder layers removed, in (0, 1)"),
+    "max_perplexity_increase": ("number", "evaluate", "max_perplexity_increase",
+                                "gate: pruned perplexity at most this share above fine-tuned"),
+    "min_speedup": ("number", "evaluate", "min_speedup",
+                    "gate: pruned generation speed-up over fine-tuned, at least"),
 }
 FORM: dict[str, tuple[str, str]] = {name: (kind, help_text)
                                     for name, (kind, _, _, help_text) in FIELDS.items()}
 
 
 def _configs() -> dict[str, Any]:
+    from crediflow.evaluate.config import EvaluateConfig
     from crediflow.finetune.config import FinetuneConfig
+    from crediflow.prune.config import PruneConfig
     from crediflow.token_clean.config import TokenCleanConfig
 
-    return {c.section: c for c in (TokenCleanConfig, FinetuneConfig)}
+    return {c.section: c for c in (TokenCleanConfig, FinetuneConfig, PruneConfig,
+                                   EvaluateConfig)}
 
 
 def apply_overrides(form: dict[str, Any], root: Path | None = None) -> dict[str, Any]:

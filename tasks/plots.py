@@ -65,3 +65,32 @@ def rating_histograms(raw: np.ndarray, curated: np.ndarray, classes: Sequence[st
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     write_bytes_atomic(path, buf.getvalue())
+
+
+def model_bars(rows: dict[str, dict[str, float | None]], measures: Sequence[tuple[str, str]],
+               path: Path, *, title: str = "Models side by side") -> None:
+    """One bar panel per measure (key, axis label), one bar per model; missing values are left
+    out. Written atomically to `path` as PNG."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    fig, axes = plt.subplots(1, len(measures), figsize=(3.2 * len(measures), 3.4))
+    for ax, (key, label) in zip(np.atleast_1d(axes), measures, strict=True):
+        values = [rows[n].get(key) for n in names]
+        shown = [(n, float(v)) for n, v in zip(names, values, strict=True) if v is not None]
+        bars = ax.bar([n for n, _ in shown], [v for _, v in shown],
+                      color=["#8c8c8c", "#3b75af", "#e1812c"][:len(shown)])
+        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        ax.set_title(label, fontsize=10)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())

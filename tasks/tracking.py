@@ -14,7 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tasks.config import load_params
 from tasks.lineage import STAGE_RUN_ENV, experiment_id, flatten, git_commit, mlflow_module
+from tasks.runner import lock_entry
 
 log = logging.getLogger("crediflow.tracking")
 
@@ -48,6 +50,15 @@ def live_logger(prefix: str = "") -> Callable[[dict], None] | None:
     return log_step
 
 
+def stage_run(name: str) -> Any:
+    """The stage's run as an active MLflow run (a context manager); a run of its own, named
+    `name`, when the stage runs without one (plain `dvc repro`)."""
+    mlflow = mlflow_module()
+    run_id = stage_run_id()
+    return (mlflow.start_run(run_id=run_id) if run_id else
+            mlflow.start_run(experiment_id=experiment_id(), run_name=name))
+
+
 def register_model(folder: Path, *, name: str, tags: dict[str, str], aliases: tuple[str, ...],
                    description: str = "") -> dict[str, Any]:
     """Log the saved model in `folder` with MLflow's transformers flavour (safetensors) to the
@@ -58,10 +69,7 @@ def register_model(folder: Path, *, name: str, tags: dict[str, str], aliases: tu
 
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    run_id = stage_run_id()
-    opened = (mlflow.start_run(run_id=run_id) if run_id else
-              mlflow.start_run(experiment_id=experiment_id(), run_name=f"{name} model"))
-    with opened as run:
+    with stage_run(f"{name} model") as run:
         info = mlflow.transformers.log_model(
             transformers_model={"model": model, "tokenizer": tokenizer}, name="model",
             task="text-generation", save_pretrained=True,
@@ -73,7 +81,7 @@ def register_model(folder: Path, *, name: str, tags: dict[str, str], aliases: tu
     for alias in aliases:
         client.set_registered_model_alias(name, alias, version.version)
     return {"name": name, "version": int(version.version), "run_id": run.info.run_id,
-            "model_uri": info.model_uri, "aliases": list(aliases)}
+            "model_uri": info.model_uri, "model_id": info.model_id, "aliases": list(aliases)}
 
 
 def lineage_tags(lock: dict, upstream: tuple[str, ...], extra: dict[str, str]) -> dict[str, str]:
@@ -87,3 +95,21 @@ def lineage_tags(lock: dict, upstream: tuple[str, ...], extra: dict[str, str]) -
     commit, dirty = git_commit()
     tags |= {"git.commit": commit, "git.dirty": str(dirty).lower()}
     return tags | {k: str(v) for k, v in flatten(extra).items()}
+
+
+def register_stage_model(folder: Path, *, stage: str, upstream: tuple[str, ...],
+                         extra: dict[str, str], aliases: tuple[str, ...],
+                         description: str) -> dict[str, Any]:
+    """Register the model a stage published in `folder` under params.yaml's
+    `mlflow.registered_model`, tagged with the DVC hash of every `upstream` output, the git
+    commit, the Airflow run and `extra`."""
+    mlflow = mlflow_module()
+    run_id = stage_run_id()
+    airflow_run = (mlflow.MlflowClient().get_run(run_id).data.tags.get("airflow.run_id", "")
+                   if run_id else "")
+    lock = {"stages": {s: lock_entry(s) or {} for s in upstream}}
+    tags = lineage_tags(lock, upstream, {"airflow.run_id": airflow_run, "crediflow.stage": stage,
+                                         **extra})
+    name = load_params()["mlflow"].get("registered_model", "crediflow-sft")
+    return register_model(Path(folder), name=name, tags=tags, aliases=aliases,
+                          description=description)

@@ -49,6 +49,29 @@ def default_model_cache(name: str) -> Path:
     return Path(base) / "crediflow" / "models" / name
 
 
+def _gguf_source(name_or_path: str | None) -> tuple[Path | None, str]:
+    """(the GGUF file to convert or None, the model's name)."""
+    if name_or_path is None:
+        return packaged_smollm2(), DEFAULT_LLM
+    if str(name_or_path).lower().endswith(".gguf"):
+        gguf = Path(name_or_path).expanduser()
+        if not gguf.is_file():
+            raise InputError("GGUF file not found", file=str(gguf))
+        return gguf, gguf.name[: -len(".gguf")]
+    return None, str(name_or_path)
+
+
+def model_folder(name_or_path: str | None = None, *, cache_dir: Path | None = None
+                 ) -> Path | None:
+    """The local folder `load_causal_lm(name_or_path)` loads from (for a GGUF model: its
+    converted copy, once converted); None for a hub name."""
+    gguf, name = _gguf_source(name_or_path)
+    if gguf is not None:
+        return Path(cache_dir) if cache_dir is not None else default_model_cache(name)
+    path = Path(name).expanduser()
+    return path if path.is_dir() else None
+
+
 def load_causal_lm(
     name_or_path: str | None = None, *, cache_dir: Path | None = None
 ) -> tuple[Any, Any]:
@@ -59,16 +82,7 @@ def load_causal_lm(
     A GGUF model is converted once to a float32 copy in `cache_dir` (default
     `default_model_cache(<file stem>)`), which later calls load instead.
     """
-    if name_or_path is None:
-        gguf: Path | None = packaged_smollm2()
-        name = DEFAULT_LLM
-    elif str(name_or_path).lower().endswith(".gguf"):
-        gguf = Path(name_or_path).expanduser()
-        if not gguf.is_file():
-            raise InputError("GGUF file not found", file=str(gguf))
-        name = gguf.name[: -len(".gguf")]
-    else:
-        gguf = None
+    gguf, name = _gguf_source(name_or_path)
     if gguf is None:
         path = Path(str(name_or_path)).expanduser()
         if str(name_or_path).startswith((".", "/", "~")) and not path.is_dir():

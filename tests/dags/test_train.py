@@ -1,6 +1,7 @@
 """DAG `train` end to end with `dag.test()` on a tiny model, in a temporary project: real
-Airflow, DVC and MLflow (registry included). Fixed mode first, then a manual run whose Params
-form switches to self-evolving mode, then a run with nothing changed."""
+Airflow, DVC and MLflow (registry included). Fixed mode first (the pruned model passes the
+gate and becomes champion), then a manual run whose Params form switches to self-evolving
+mode and sets a gate nothing passes (the champion stays), then a run with nothing changed."""
 
 from __future__ import annotations
 
@@ -46,7 +47,11 @@ def project(new_project, tiny_lm) -> Path:
         "token_clean": {"warmup_size": 6, "chunks": 3, "heldout_fraction": 0.2,
                         "max_records": None, "batch_size": 4, "html_records": 3},
         "finetune": {"model": str(project_root() / "base"), "max_steps": 3, "batch_size": 4,
-                     "lora_r": 4, "lora_alpha": 8, "logging_steps": 1, "max_length": 64}})
+                     "lora_r": 4, "lora_alpha": 8, "logging_steps": 1, "max_length": 64},
+        "prune": {"count": 1, "max_steps": 2},
+        "evaluate": {"prompts": 2, "max_new_tokens": 4, "repeats": 1,
+                     "max_perplexity_increase": 1000.0, "min_speedup": 0.0,
+                     "promote_finetuned": False}})
 
 
 def _stage_runs(run_id: str) -> dict:
@@ -59,6 +64,31 @@ def _stage_runs(run_id: str) -> dict:
     runs = client.search_runs([lineage.experiment_id()],
                               filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
     return {r.data.tags["crediflow.stage"]: r for r in runs}
+
+
+def _check_prune_and_promotion(project: Path, client, name: str, evaluate_run: str):
+    """prune -> partial fine-tune -> evaluate -> the pruned model is champion; returns it."""
+    pruned = json.loads((project / "reports/prune/metrics.json").read_text())
+    assert pruned["removed_layers"] == [1] and pruned["layers_after"] == 1
+    assert pruned["train"]["steps"] == 2
+    assert 0 < pruned["train"]["trainable_params"] < pruned["train"]["total_params"]
+    evaluation = json.loads((project / "reports/evaluate/metrics.json").read_text())
+    rows = evaluation["models"]
+    assert set(rows) == {"base", "finetuned", "pruned"}
+    assert rows["pruned"]["params"] < rows["finetuned"]["params"] == rows["base"]["params"]
+    assert rows["pruned"]["size_bytes"] < rows["finetuned"]["size_bytes"]
+    assert all(np.isfinite(r["perplexity"]) and r["tokens_per_second"] > 0 for r in rows.values())
+    assert evaluation["gate"]["champion"] == "pruned" and evaluation["gate"]["changed"]
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert int(champion.version) == pruned["registered"]["version"]
+    assert champion.tags["gate.passed"] == "true" and "speed-up" in champion.tags["gate.reason"]
+    assert champion.tags["crediflow.stage"] == "prune"
+    logged = client.get_logged_model(pruned["registered"]["model_id"])
+    assert {m.key for m in logged.metrics} >= {"perplexity", "tokens_per_second", "params"}
+    assert (project / "reports/evaluate/models.png").stat().st_size > 0
+    assert "evaluate/models.png" in {
+        f.path for f in client.list_artifacts(evaluate_run, "evaluate")}
+    return champion
 
 
 def test_train_end_to_end_fixed_then_self_evolving(project) -> None:
@@ -95,8 +125,11 @@ def test_train_end_to_end_fixed_then_self_evolving(project) -> None:
     assert len(history) >= 3
     assert client.get_metric_history(runs["token_clean"].info.run_id, "reference.loss")
 
+    champion = _check_prune_and_promotion(project, client, registered["name"],
+                                          runs["evaluate"].info.run_id)
+
     # a manual run with the Params form: its values reach the stages, DVC and MLflow
-    manual = dag.test(run_conf={"mode": "self_evolving", "rho": 0.5})
+    manual = dag.test(run_conf={"mode": "self_evolving", "rho": 0.5, "min_speedup": 1000.0})
     assert str(manual.state) == "success"
     metrics = json.loads((project / "reports/token_clean/metrics.json").read_text())
     assert metrics["mode"] == "self_evolving" and metrics["rho"] == 0.5
@@ -105,7 +138,12 @@ def test_train_end_to_end_fixed_then_self_evolving(project) -> None:
     assert _stage_runs(manual.run_id)["token_clean"].data.params["token_clean.mode"] == (
         "self_evolving")
     newer = client.get_model_version_by_alias(registered["name"], "candidate")
-    assert int(newer.version) == int(version.version) + 1
+    assert int(newer.version) == int(version.version) + 2  # the pruned model took one too
+    evaluation = json.loads((project / "reports/evaluate/metrics.json").read_text())
+    assert evaluation["gate"]["champion"] is None and not evaluation["gate"]["changed"]
+    assert "1000.00x" in evaluation["gate"]["reasons"]["pruned"]
+    assert client.get_model_version_by_alias(registered["name"], "champion").version == (
+        champion.version)
 
     # nothing changed: DVC skips both stages
     again = dag.test()

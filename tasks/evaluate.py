@@ -1,0 +1,183 @@
+"""Stage `evaluate`: the base, fine-tuned and pruned models side by side on the held-out split
+(made once by token_clean, never trained on: an overlap with the training records is
+refused), each model's numbers logged against its registered version (MLflow logged-model
+metrics), and the gate that moves the registry alias `champion`.
+
+Run as `python -m tasks.evaluate` (the cmd of its DVC stage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from crediflow.data.schema import ID
+from crediflow.errors import InputError
+from crediflow.evaluate import (
+    BASE,
+    FINETUNED,
+    PRUNED,
+    Decision,
+    EvaluateConfig,
+    Scores,
+    check_disjoint,
+    decide,
+    generation_speed,
+    parameter_count,
+    perplexity,
+    prompts_of,
+    size_on_disk,
+)
+from crediflow.finetune.config import FinetuneConfig
+from crediflow.models.causal_lm import load_causal_lm, model_folder
+from crediflow.models.precision import describe, detect_device, resolve_precision
+from crediflow.models.sft import sft_from_table
+from crediflow.models.token_loss import mean_label_loss
+from tasks.catalog import Catalog
+from tasks.config import stage_config
+from tasks.io import write_json
+from tasks.lineage import mlflow_module
+from tasks.plots import model_bars
+from tasks.stage import stage_main
+from tasks.tracking import stage_run
+
+log = logging.getLogger("crediflow.evaluate")
+CHAMPION = "champion"
+# the model each role's registered version is named in (the stage that registered it)
+REGISTERED_BY = {FINETUNED: "finetune", PRUNED: "prune"}
+BARS = (("perplexity", "held-out perplexity"), ("tokens_per_second", "generation tokens/s"),
+        ("params_millions", "parameters (M)"), ("size_mb", "size on disk (MB)"))
+
+
+def _file_md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+
+
+def _registered(catalog: Catalog) -> dict[str, dict]:
+    """The registered version of the fine-tuned and the pruned model, from their stages'
+    reports."""
+    out = {}
+    for role, stage in REGISTERED_BY.items():
+        path = catalog.reports(stage) / "metrics.json"
+        if not path.is_file():
+            raise InputError(f"no report of the {stage} stage: run it first", file=str(path))
+        registered = json.loads(path.read_text()).get("registered")
+        if not isinstance(registered, dict) or "version" not in registered:
+            raise InputError(f"the {stage} stage's report names no registered model version",
+                             file=str(path), field="registered")
+        out[role] = registered
+    return out
+
+
+def _heldout(catalog: Catalog) -> tuple[Any, str]:
+    """The held-out records, checked against every training record; and their file's md5."""
+    path = catalog.path("heldout")
+    heldout_table, train_table = catalog.read("heldout"), catalog.read("token_cleaned")
+    heldout = sft_from_table(heldout_table)
+    check_disjoint(heldout_table.column(ID).to_pylist(), heldout,
+                   train_table.column(ID).to_pylist(), sft_from_table(train_table),
+                   file=str(path))
+    return heldout, _file_md5(path)
+
+
+def run() -> dict:
+    """Measure the three models, log them, and apply the promotion gate."""
+    config = stage_config(EvaluateConfig)
+    train_config = stage_config(FinetuneConfig)
+    device = detect_device("cpu")
+    precision = resolve_precision(config.precision, device, stage="evaluate")
+    catalog = Catalog()
+    registered = _registered(catalog)
+    heldout, heldout_md5 = _heldout(catalog)
+    folders = {BASE: model_folder(train_config.model),
+               FINETUNED: Path(catalog.folder("finetuned")),
+               PRUNED: Path(catalog.folder("pruned"))}
+    models, tokenizer = {}, None
+    for role in (BASE, FINETUNED, PRUNED):
+        source = train_config.model if role == BASE else str(folders[role])
+        models[role], loaded = load_causal_lm(source)
+        tokenizer = tokenizer or loaded
+    rows: dict[str, dict[str, Any]] = {}
+    for role, model in models.items():
+        loss = mean_label_loss(model, heldout, batch_size=config.batch_size, precision=precision)
+        size = size_on_disk(folders[role])
+        params = parameter_count(model)
+        rows[role] = {"heldout_loss": loss, "perplexity": perplexity(loss), "params": params,
+                      "params_millions": params / 1e6, "size_bytes": size,
+                      "size_mb": None if size is None else size / 2**20}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
+        tokenizer.eos_token_id or 0)
+    speeds = generation_speed(models, prompts_of(heldout, config.prompts),
+                              max_new_tokens=config.max_new_tokens, repeats=config.repeats,
+                              pad_id=pad_id)
+    for role, speed in speeds.items():
+        rows[role] |= {"tokens_per_second": speed.tokens_per_second,
+                       "generation_seconds": speed.seconds}
+    for role in (FINETUNED, PRUNED):
+        rows[role]["speedup"] = (rows[role]["tokens_per_second"]
+                                 / rows[BASE]["tokens_per_second"])
+    decision = decide({r: Scores(v["perplexity"], v["tokens_per_second"])
+                       for r, v in rows.items()}, config)
+    reports = catalog.reports("evaluate")
+    model_bars(rows, BARS, reports / "models.png",
+               title=f"Held-out split ({len(heldout)} records)")
+    promotion = _publish(registered, rows, decision, heldout_md5, reports / "models.png")
+    metrics = {"models": rows, "heldout_records": len(heldout), "heldout_md5": heldout_md5,
+               "gate": {"passed": decision.passed, "reasons": decision.reasons,
+                        "champion": decision.champion, **promotion},
+               "resolved": describe(device, precision)}
+    write_json(reports / "metrics.json", metrics)
+    log.info("evaluate: perplexity base %.3f, fine-tuned %.3f, pruned %.3f; tokens/s %.1f, "
+             "%.1f, %.1f; champion: %s", *(rows[r]["perplexity"] for r in rows),
+             *(rows[r]["tokens_per_second"] for r in rows),
+             decision.champion or f"unchanged ({'; '.join(decision.reasons.values())})")
+    return metrics
+
+
+def _publish(registered: dict[str, dict], rows: dict[str, dict], decision: Decision,
+             heldout_md5: str, chart: Path) -> dict:
+    """Log each registered model's numbers against its version (logged-model metrics on the
+    held-out dataset), tag the versions with the gate's verdict, move `champion`."""
+    mlflow = mlflow_module()
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    client = mlflow.MlflowClient()
+    heldout = MetaDataset(resolve_dataset_source(str(Catalog().path("heldout"))),
+                          name="heldout", digest=heldout_md5)
+    numeric = ("heldout_loss", "perplexity", "tokens_per_second", "speedup", "params",
+               "size_bytes")
+    with stage_run("evaluate") as run:
+        mlflow.log_input(heldout, context="evaluation")
+        mlflow.log_artifact(str(chart), artifact_path="evaluate")
+        mlflow.log_metrics({f"{role}.{k}": float(v) for role, row in rows.items()
+                            for k, v in row.items() if k in numeric and v is not None})
+        for role, reg in registered.items():
+            version = client.get_model_version(reg["name"], str(reg["version"]))
+            values = {k: float(v) for k, v in rows[role].items() if k in numeric and v is not None}
+            model_id = reg.get("model_id") or version.model_id
+            if model_id:
+                mlflow.log_metrics(values, run_id=run.info.run_id, model_id=model_id,
+                                   dataset=heldout)
+            client.set_model_version_tag(reg["name"], version.version, "gate.passed",
+                                         str(decision.passed.get(role, False)).lower())
+            client.set_model_version_tag(reg["name"], version.version, "gate.reason",
+                                         decision.reasons.get(role, ""))
+    name = registered[decision.champion or FINETUNED]["name"]
+    if decision.champion is not None:
+        version = str(registered[decision.champion]["version"])
+        client.set_registered_model_alias(name, CHAMPION, version)
+        return {"registered_model": name, "champion_version": int(version), "changed": True}
+    try:
+        kept = client.get_model_version_by_alias(name, CHAMPION).version
+    except Exception:  # noqa: BLE001 - MLflow raises its own error when the alias is unset
+        kept = None
+    return {"registered_model": name, "champion_version": None if kept is None else int(kept),
+            "changed": False}
+
+
+if __name__ == "__main__":
+    stage_main(run)

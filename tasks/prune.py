@@ -1,0 +1,114 @@
+"""Stage `prune`: the fine-tuned model without the decoder layers a selector picks (Lu et al.,
+"Reassessing Layer Pruning in LLMs"), trained again on the token-cleaned records through the
+finetune stage's training code (partial-layer by default, or LoRA), published and registered
+(alias `pruned`).
+
+Run as `python -m tasks.prune` (the cmd of its DVC stage).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+
+from crediflow.data.schema import NO_KEPT_TOKEN
+from crediflow.errors import InputError
+from crediflow.finetune.config import FinetuneConfig
+from crediflow.models.causal_lm import load_causal_lm
+from crediflow.models.precision import describe, detect_device, resolve_precision
+from crediflow.models.sft import sft_from_table
+from crediflow.models.token_loss import mean_label_loss
+from crediflow.models.training import save_model, train_sft
+from crediflow.prune import (
+    PruneConfig,
+    decoder_layers,
+    head_is_tied,
+    layers_to_remove,
+    prune,
+    remove_count,
+    trainable_for_partial,
+    untie_head,
+)
+from tasks.catalog import Catalog
+from tasks.config import stage_config
+from tasks.io import write_json
+from tasks.stage import stage_main
+from tasks.tracking import live_logger, register_stage_model
+
+log = logging.getLogger("crediflow.prune")
+UPSTREAM = ("ingest", "embed", "audit", "fix", "select", "token_clean", "finetune")
+
+
+def _count(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def run() -> dict:
+    """Select layers, prune, train the pruned model, publish and register it."""
+    config = stage_config(PruneConfig)
+    train_config = stage_config(FinetuneConfig)
+    device = detect_device("cpu")
+    precision = resolve_precision(train_config.precision, device, stage="finetune")
+    config.recovery_settings(train_config.to_settings(precision))  # params first: cheap
+    catalog = Catalog()
+    table = catalog.read("token_cleaned")
+    keep = pc.invert(pc.fill_null(table.column(NO_KEPT_TOKEN), False))
+    cleaned = sft_from_table(table.filter(keep))
+    heldout = sft_from_table(catalog.read("heldout"))
+    if len(cleaned) == 0:
+        raise InputError("no record keeps a token after cleaning: nothing to calibrate or "
+                         "train on", file=str(catalog.path("token_cleaned")), field=NO_KEPT_TOKEN)
+    model, tokenizer = load_causal_lm(str(catalog.folder("finetuned")))
+    n_layers = len(decoder_layers(model))
+    remove_count(config, n_layers)  # a ratio that removes no layer or every layer: refused now
+    start = time.perf_counter()
+    remove = layers_to_remove(model, config, calibration=cleaned)
+    select_seconds = time.perf_counter() - start
+    pruned = prune(model, remove)
+    del model
+    tied = head_is_tied(pruned)
+    if config.finetune == "partial" and config.tied_head == "untie":
+        untie_head(pruned)
+    eval_kwargs = {"batch_size": train_config.batch_size, "precision": precision}
+    metrics: dict[str, Any] = {
+        "selector": config.selector, "removed_layers": remove, "layers_before": n_layers,
+        "layers_after": n_layers - len(remove), "select_seconds": round(select_seconds, 3),
+        "params": _count(pruned), "tied_head": tied, "tied_head_choice": config.tied_head,
+        "finetune": config.finetune,
+        "heldout_loss_before_training": mean_label_loss(pruned, heldout, **eval_kwargs)}
+    trainable = (tuple(trainable_for_partial(pruned, config.trainable_last))
+                 if config.finetune == "partial" else ())
+    settings = config.recovery_settings(train_config.to_settings(precision), trainable)
+    if settings is not None:
+        with tempfile.TemporaryDirectory(prefix="prune-") as work:
+            trained = train_sft(pruned, tokenizer, cleaned, settings,
+                                output_dir=Path(work) / "run", on_log=live_logger())
+        pruned = trained.model
+        metrics["train"] = trained.metrics
+    metrics |= {"heldout_loss": mean_label_loss(pruned, heldout, **eval_kwargs),
+                "records": len(cleaned), "resolved": describe(device, precision)}
+    with catalog.publish("prune") as out:
+        save_model(pruned, tokenizer, out.pending)
+    metrics["registered"] = register_stage_model(
+        Path(catalog.folder("pruned")), stage="prune", upstream=UPSTREAM,
+        extra={"prune.selector": config.selector, "prune.removed_layers": remove,
+               "prune.finetune": config.finetune,
+               "heldout_loss": f"{metrics['heldout_loss']:.6f}"},
+        aliases=("pruned",),
+        description=f"{config.selector} layer pruning ({len(remove)} of {n_layers} layers) "
+                    f"+ {config.finetune} fine-tuning")
+    write_json(catalog.reports("prune") / "metrics.json", metrics)
+    log.info("prune (%s): removed layers %s of %d; held-out loss %.4f before training, %.4f "
+             "after (%s); registered %s version %s", config.selector, remove, n_layers,
+             metrics["heldout_loss_before_training"], metrics["heldout_loss"], config.finetune,
+             metrics["registered"]["name"], metrics["registered"]["version"])
+    return metrics
+
+
+if __name__ == "__main__":
+    stage_main(run)
