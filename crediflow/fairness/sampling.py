@@ -108,7 +108,7 @@ class SamplingConfig(MethodConfig):
                           "subsets", low=0)
 
     def validate(self) -> None:
-        """At least one hidden layer when the influence reaches past the last layer."""
+        """The influence cannot reach past the MLP's first linear layer."""
         if self.influence_layers > len(self.hidden) + 1:
             raise self.error("influence_layers", f"{self.influence_layers} is more than the "
                              f"MLP's {len(self.hidden) + 1} linear layers (hidden="
@@ -394,7 +394,8 @@ def _run(method: str, x_train: np.ndarray, y_train: np.ndarray, x_pool: np.ndarr
     pool's labels (else the pseudo-labels), retrain. `strategy` None adds nothing (ERM)."""
     rng = np.random.default_rng(config.seed)
     empty = np.zeros(0, dtype=np.int64)
-    state = _Run(x=x_train, y=y_train, remaining=np.arange(len(x_pool)),
+    pool_labels = None if pool_labels is None else np.asarray(pool_labels)
+    state = _Run(x=x_train, y=np.asarray(y_train), remaining=np.arange(len(x_pool)),
                  result=SamplingResult(method, [], [], [], [], [], np.full(config.rounds, -1),
                                        None))
     model = train_mlp(state.x, state.y, num_classes=num_classes, config=config)

@@ -25,9 +25,10 @@ from crediflow.fairness.sampling import (
     validation_losses,
 )
 
-# Measured (float64, eta = 1e-3, 150 candidates x 2 labels, both losses, 1 and 2 layers):
-# Pearson correlation of estimated and real change >= 0.9999, signs agree on >= 99.5 % of
-# pairs, median relative error about 1 %. The asserts leave a margin.
+# Measured on this data (float64, eta = 1e-3, 150 candidates x 2 labels = 300 pairs per case;
+# cases dp/1 layer, eo/1 layer, dp/2 layers): Pearson correlation of the estimated and the real
+# change 0.99993-0.99995 (accuracy loss) and 0.99999 (fairness loss), signs agree on 100 % of
+# the pairs, median relative error 0.07-0.84 %. The asserts leave a margin.
 MIN_CORRELATION = 0.99
 MIN_SIGN_AGREEMENT = 0.95
 MAX_MEDIAN_RELATIVE_ERROR = 0.05
