@@ -38,13 +38,15 @@ class FairnessConfig(MethodConfig):
                                          "proxies say little about the group)", low=1)
     max_condition: float = option(100.0, "T with a larger condition number counts as "
                                          "singular (see on_singular)", low=1)
-    on_singular: str = option("error", "a T that cannot calibrate (singular, or not "
-                                       "diagonally dominant): error (refuse) or raw (report "
+    on_singular: str = option("error", "a T that cannot calibrate (singular, not "
+                                       "diagonally dominant, or proxies agreeing only by "
+                                       "chance): error (refuse) or raw (report "
                                        "the raw proxy estimate as the calibrated one, with a "
                                        "warning)", choices=ON_SINGULAR)
-    min_kappa: float = option(0.05, "warn when two proxies agree less than this beyond "
-                                    "chance (Cohen's kappa): uninformative proxies",
-                              low=-1, high=1)
+    min_kappa: float = option(0.02, "two proxies agreeing less than this beyond chance "
+                                    "(Cohen's kappa; or 3 standard errors, 3/sqrt(rows), if "
+                                    "larger) are warned about; if all three pairs do, T "
+                                    "cannot calibrate (see on_singular)", low=-1, high=1)
     max_kappa: float = option(0.95, "warn when two proxies agree more than this (Cohen's "
                                     "kappa): likely not independent given the group",
                               low=-1, high=1)

@@ -195,6 +195,7 @@ class _Calibration:
         self.scopes: dict[str, list[str]] = {kind: [] for kind in _FIT_WARNINGS}
         self.worst = 0.0
         self.table_fit: tuple[np.ndarray, np.ndarray, float] | None = None
+        self.kappa_floor = (1.0, 0.0)  # (largest pairwise kappa, floor) of all rows
 
     def warn(self, text: str) -> None:
         """Add a warning (once)."""
@@ -217,6 +218,14 @@ class _Calibration:
         cond = float(np.linalg.cond(t))
         if scope == "all rows":
             self.table_fit = (t, p, cond)
+        largest, floor = self.kappa_floor  # a verdict on all rows, so for every fit
+        if largest < floor:
+            raise TransitionError(
+                f"the proxies agree no more than chance (largest pairwise Cohen's kappa "
+                f"{largest:.3f} < {floor:.3f}): under the method's model T is then singular, "
+                f"and the proxies carry no usable information about the group; use better "
+                f"proxies, or on_singular: raw to report the raw proxy estimate",
+                field="proxies")
         where = "" if scope == "all rows" else f" on {scope}"
         if not np.isfinite(cond) or cond > self.cfg.max_condition:
             raise TransitionError(
@@ -295,7 +304,7 @@ def _calibrated(run: _Calibration, pred: np.ndarray, labels: np.ndarray,
 def _fall_back(run: _Calibration, exc: TransitionError, what: str) -> None:
     if run.cfg.on_singular == "error":
         raise exc
-    reason = exc.reason.split(": the proxies")[0].split(" (HOC")[0]
+    reason = exc.reason.split(": ")[0].split(" (HOC")[0]
     run.warn(f"{reason}; the calibrated {what} fall(s) back to the raw proxy estimate")
 
 
@@ -351,7 +360,8 @@ def estimate_fairness(
     run = _Calibration(cfg, k, m)
     raw, raw_rates = _raw(run, pred, labels, proxies[:, 0])
     kappa = proxy_kappa(proxies, m)
-    _agreement_warnings(run, kappa)
+    _agreement_warnings(run, kappa, pred.size)
+    run.kappa_floor = (float(kappa.max()), kappa_floor(pred.size, cfg.min_kappa))
     calibrated, rates, fallback = _calibrated(run, pred, labels, proxies, (raw, raw_rates))
     t, p, cond = run.table_fit  # the first fit, kept even when it could not calibrate
     return ProxyEstimate(raw=raw, calibrated=calibrated, true=true, T=t, p=p, condition=cond,
@@ -360,12 +370,19 @@ def estimate_fairness(
                          calibrated_rates=rates)
 
 
-def _agreement_warnings(run: _Calibration, kappa: np.ndarray) -> None:
+def kappa_floor(rows: int, min_kappa: float) -> float:
+    """The pairwise kappa below which two proxies count as agreeing only by chance: min_kappa,
+    or three standard errors of kappa under independence (about 3 / sqrt(rows)) if larger."""
+    return max(min_kappa, 3.0 / np.sqrt(max(rows, 1)))
+
+
+def _agreement_warnings(run: _Calibration, kappa: np.ndarray, rows: int) -> None:
+    floor = kappa_floor(rows, run.cfg.min_kappa)
     for (a, b), value in zip(PAIRS, kappa, strict=True):
-        if value < run.cfg.min_kappa:
+        if value < floor:
             run.warn(f"proxies {a + 1} and {b + 1} agree barely beyond chance (Cohen's kappa "
-                     f"{value:.3f} < min_kappa {run.cfg.min_kappa:g}): at least one says "
-                     f"little about the group")
+                     f"{value:.3f} < {floor:.3f}, the larger of min_kappa and 3 standard "
+                     f"errors): at least one says little about the group")
         elif value > run.cfg.max_kappa:
             run.warn(f"proxies {a + 1} and {b + 1} agree almost always (Cohen's kappa "
                      f"{value:.3f} > max_kappa {run.cfg.max_kappa:g}): they are likely not "
