@@ -244,15 +244,16 @@ def _group_classes(path: str, values: dict[str, np.ndarray], proxy_names: list[s
     """The group classes (the group column's, else the proxies'), each proxy checked to have
     the same classes."""
     if group_name is not None:
-        classes, source = _sorted_classes(values[group_name]), f"group column {group_name!r}"
+        classes = _sorted_classes(values[group_name])
+        source = f"group column {group_name!r} has"
     else:
         classes = _sorted_classes(np.concatenate([values[n] for n in proxy_names]))
-        source = "the proxies together"
+        source = "the proxy columns together have"
     for name in proxy_names:
         own = _sorted_classes(values[name])
         if len(own) != len(classes) or set(own) != set(classes):
             raise InputError(f"proxy column has {len(own)} classes ({', '.join(own)}) but "
-                             f"{source} has {len(classes)} ({', '.join(classes)}); each proxy "
+                             f"{source} {len(classes)} ({', '.join(classes)}); each proxy "
                              f"must predict the same classes as the groups", file=path,
                              field=name)
     return classes
