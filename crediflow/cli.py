@@ -441,11 +441,13 @@ def _fairness_parser(commands) -> None:
                     "the true gaps when --group-column is given. Classes sort numerically "
                     "when all are numbers, else as text.")
     fairness.add_argument("file", help="CSV, JSONL, JSON or Parquet")
-    fairness.add_argument("--pred-column", required=True, help="the classifier's predictions")
-    fairness.add_argument("--label-column", required=True, help="the true labels")
+    fairness.add_argument("--pred-column", required=True, metavar="COL",
+                          help="the classifier's predictions")
+    fairness.add_argument("--label-column", required=True, metavar="COL",
+                          help="the true labels")
     fairness.add_argument("--proxy-columns", required=True, metavar="A,B,C",
                           help="three columns, each a weak proxy's guess of the group")
-    fairness.add_argument("--group-column", default=None,
+    fairness.add_argument("--group-column", default=None, metavar="COL",
                           help="the true groups, when known (adds the true gaps and errors)")
     fairness.add_argument("--json", action="store_true",
                           help="write JSON to stdout: dp, eod, eop, each with raw, "

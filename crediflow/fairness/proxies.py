@@ -102,7 +102,8 @@ class ProxyEstimate:
 
 class TransitionError(InputError):
     """The proxies' transition matrix cannot calibrate: it is singular (condition number past
-    `max_condition`), or not diagonally dominant (HOC could not tell the groups apart)."""
+    `max_condition`), not diagonally dominant (HOC could not tell the groups apart), or the
+    proxies agree only by chance (then T is singular under the method's model)."""
 
 
 def check_proxies(proxies: np.ndarray, num_groups: int | None = None) -> tuple[np.ndarray, int]:

@@ -13,11 +13,13 @@ A share of the rows (`aux_fraction`) has its group known and trains the three we
 the rest is the evaluation set, whose groups are hidden from the estimator. Target
 classifiers (logistic regression, a depth-6 tree, a small MLP) never see the group; their
 predictions on the evaluation rows are cross-fitted (5 folds). Proxies are either `trained`
-(a balanced logistic regression per disjoint feature view, none of them used by the target
-models where the data allows: for COMPAS the first name, the last name and the charge
-description; for Adult occupation/workclass, hours/age/education,
-marital status/country/capital) or `noised` (the true group passed through a given T, three
-independent draws).
+(a class-balanced logistic regression per disjoint feature view: for COMPAS the first name,
+the last name and the charge description, none of which the target models use; for Adult
+occupation/workclass, hours/age/education and marital status/country/capital, which the
+target models use too) or `noised` (the true group passed through a given T, three
+independent draws, so that the method's assumptions hold). Realistic trained proxies are
+weak (55-70% accurate) and not independent given the group; the estimate then usually
+refuses to calibrate (see `FairnessConfig.on_singular`; the table uses `raw`).
 
 `python -m crediflow.fairness.tabular compas|adult [--proxies trained|noised] [--mode
 global|local] [--json]` prints the table: per model the true DP and EOd, the raw-proxy and
