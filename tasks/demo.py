@@ -42,8 +42,9 @@ def summarize(dag_id: str, run) -> None:
     catalog = Catalog(root)
     for stage in pipeline(dag_id).stages:
         reports = catalog.reports(stage)
-        print(f"  {stage}: outputs in {catalog.folder(STAGE_FOLDERS[stage])}, reports in "
-              f"{reports}")
+        outputs = (f"outputs in {catalog.folder(STAGE_FOLDERS[stage])}, "
+                   if stage in STAGE_FOLDERS else "")
+        print(f"  {stage}: {outputs}reports in {reports}")
         metrics = reports / "metrics.json"
         if metrics.exists():
             report = json.loads(metrics.read_text())
@@ -51,13 +52,31 @@ def summarize(dag_id: str, run) -> None:
             print(f"    {summary}")
             if "registered" in report:
                 model = report["registered"]
-                print(f"    model: {catalog.folder('finetuned')}; MLflow registered model "
-                      f"{model['name']!r} version {model['version']} (alias candidate), "
-                      f"models:/{model['name']}@candidate")
+                alias = model.get("aliases", ["candidate"])[0]
+                print(f"    model: {catalog.folder(STAGE_FOLDERS[stage])}; MLflow registered "
+                      f"model {model['name']!r} version {model['version']} (alias {alias}), "
+                      f"models:/{model['name']}@{alias}")
+            _print_evaluation(report)
         if (reports / "tokens.html").exists():
             print(f"    kept and dropped tokens: {reports / 'tokens.html'}")
     print("Airflow UI: `make airflow`, then http://localhost:8080")
     print("=" * 72)
+
+
+def _print_evaluation(report: dict) -> None:
+    """The evaluate stage's table and the gate's verdict, when `report` is its metrics."""
+    if "models" not in report or "gate" not in report:
+        return
+    for role, row in report["models"].items():
+        print(f"    {role:>9}: perplexity {row['perplexity']:.3f}, "
+              f"{row['tokens_per_second']:.1f} tokens/s, {row['params'] / 1e6:.1f}M params")
+    gate = report["gate"]
+    for role, reason in gate["reasons"].items():
+        print(f"    gate, {role}: {'passed' if gate['passed'][role] else 'failed'}: {reason}")
+    state = "now" if gate.get("changed") else "still"
+    version = gate.get("champion_version")
+    print(f"    champion: {state} version {version} of {gate.get('registered_model')!r}"
+          if version is not None else "    champion: none yet")
 
 
 def main(argv: list[str] | None = None) -> None:
