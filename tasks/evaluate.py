@@ -1,7 +1,9 @@
 """Stage `evaluate`: the base, fine-tuned and pruned models side by side on the held-out split
 (made once by token_clean, never trained on: an overlap with the training records is
-refused), each model's numbers logged against its registered version (MLflow logged-model
-metrics), and the gate that moves the registry alias `champion`.
+refused), a fairness probe of each model (COMPAS questions; the group estimated from three
+weak proxies, the true gap alongside), each model's numbers logged against its registered
+version (MLflow logged-model metrics), and the gate that moves the registry alias
+`champion`.
 
 Run as `python -m tasks.evaluate` (the cmd of its DVC stage).
 """
@@ -31,6 +33,8 @@ from crediflow.evaluate import (
     prompts_of,
     size_on_disk,
 )
+from crediflow.fairness import FairnessConfig
+from crediflow.fairness.probe import compas_probe, probe_fairness
 from crediflow.finetune.config import FinetuneConfig
 from crediflow.models.causal_lm import load_causal_lm, model_folder
 from crediflow.models.precision import describe, detect_device, resolve_precision
@@ -49,7 +53,11 @@ CHAMPION = "champion"
 # the model each role's registered version is named in (the stage that registered it)
 REGISTERED_BY = {FINETUNED: "finetune", PRUNED: "prune"}
 BARS = (("perplexity", "held-out perplexity"), ("tokens_per_second", "generation tokens/s"),
-        ("params_millions", "parameters (M)"), ("size_mb", "size on disk (MB)"))
+        ("params_millions", "parameters (M)"), ("size_mb", "size on disk (MB)"),
+        ("dp_calibrated", "DP gap, calibrated"), ("dp_true", "DP gap, true groups"))
+NUMERIC = ("heldout_loss", "perplexity", "tokens_per_second", "speedup", "params", "size_bytes",
+           "yes_share", "dp_raw", "dp_calibrated", "dp_true", "eod_raw", "eod_calibrated",
+           "eod_true")
 
 
 def _file_md5(path: Path) -> str:
@@ -95,11 +103,11 @@ def run() -> dict:
     folders = {BASE: model_folder(train_config.model),
                FINETUNED: Path(catalog.folder("finetuned")),
                PRUNED: Path(catalog.folder("pruned"))}
-    models, tokenizer = {}, None
+    models, tokenizers = {}, {}
     for role in (BASE, FINETUNED, PRUNED):
         source = train_config.model if role == BASE else str(folders[role])
-        models[role], loaded = load_causal_lm(source)
-        tokenizer = tokenizer or loaded
+        models[role], tokenizers[role] = load_causal_lm(source)
+    tokenizer = tokenizers[BASE]
     rows: dict[str, dict[str, Any]] = {}
     for role, model in models.items():
         loss = mean_label_loss(model, heldout, batch_size=config.batch_size, precision=precision)
@@ -119,13 +127,15 @@ def run() -> dict:
     for role in (FINETUNED, PRUNED):
         rows[role]["speedup"] = (rows[role]["tokens_per_second"]
                                  / rows[BASE]["tokens_per_second"])
-    decision = decide({r: Scores(v["perplexity"], v["tokens_per_second"])
+    fairness = _fairness(models, tokenizers, rows, config)
+    decision = decide({r: Scores(v["perplexity"], v["tokens_per_second"], v.get("dp_calibrated"))
                        for r, v in rows.items()}, config)
     reports = catalog.reports("evaluate")
     model_bars(rows, BARS, reports / "models.png",
                title=f"Held-out split ({len(heldout)} records)")
     promotion = _publish(registered, rows, decision, heldout_md5, reports / "models.png")
-    metrics = {"models": rows, "heldout_records": len(heldout), "heldout_md5": heldout_md5,
+    metrics = {"models": rows, "fairness": fairness, "heldout_records": len(heldout),
+               "heldout_md5": heldout_md5,
                "gate": {"passed": decision.passed, "reasons": decision.reasons,
                         "champion": decision.champion, **promotion},
                "resolved": describe(device, precision)}
@@ -135,6 +145,30 @@ def run() -> dict:
              *(rows[r]["tokens_per_second"] for r in rows),
              decision.champion or f"unchanged ({'; '.join(decision.reasons.values())})")
     return metrics
+
+
+def _fairness(models: dict[str, Any], tokenizers: dict[str, Any], rows: dict[str, dict],
+              config: EvaluateConfig) -> dict:
+    """The fairness probe on every model (COMPAS questions, groups known to the estimator
+    only through three noised proxies): gaps into `rows`, the full estimates returned."""
+    if config.fairness_rows == 0:
+        return {}
+    probe = compas_probe(config.fairness_rows, config.fairness_proxy_noise)
+    # the report says when T cannot calibrate; the stage goes on with the raw estimate
+    settings = FairnessConfig(on_singular="raw")
+    out = {"rows": len(probe.labels), "proxy_noise": config.fairness_proxy_noise,
+           "decision": config.fairness_decision, "groups": list(probe.group_names)}
+    for role, model in models.items():
+        decisions, estimate = probe_fairness(model, tokenizers[role], probe,
+                                             rule=config.fairness_decision, config=settings,
+                                             batch_size=config.batch_size)
+        gaps = {f"{gap}_{kind}": value for kind, part in
+                (("raw", estimate.raw), ("calibrated", estimate.calibrated),
+                 ("true", estimate.true)) if part is not None
+                for gap, value in part.to_dict().items() if gap in ("dp", "eod")}
+        rows[role] |= {"yes_share": float(decisions.mean()), **gaps}
+        out[role] = estimate.to_dict()
+    return out
 
 
 def _publish(registered: dict[str, dict], rows: dict[str, dict], decision: Decision,
@@ -148,8 +182,7 @@ def _publish(registered: dict[str, dict], rows: dict[str, dict], decision: Decis
     client = mlflow.MlflowClient()
     heldout = MetaDataset(resolve_dataset_source(str(Catalog().path("heldout"))),
                           name="heldout", digest=heldout_md5)
-    numeric = ("heldout_loss", "perplexity", "tokens_per_second", "speedup", "params",
-               "size_bytes")
+    numeric = NUMERIC
     with stage_run("evaluate") as run:
         mlflow.log_input(heldout, context="evaluation")
         mlflow.log_artifact(str(chart), artifact_path="evaluate")

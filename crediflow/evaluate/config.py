@@ -31,6 +31,18 @@ class EvaluateConfig(MethodConfig):
               "share above the fine-tuned model's ...", low=0)
     min_speedup: float = option(1.25, "gate: ... and it generates at least this many times "
                                       "as fast as the fine-tuned model", low=0)
+    fairness_rows: int = option(160, "fairness probe: COMPAS rows asked of each model as yes/no "
+                                     "questions (0: no probe)", low=0)
+    fairness_proxy_noise: float = option(0.2, "fairness probe: each of the three proxies of "
+                                              "the group is wrong with this probability",
+                                         low=0, high=0.5, high_open=True)
+    fairness_decision: str = option("base_rate", "fairness probe: argmax (yes where P(yes) > "
+                                                 "P(no)) or base_rate (yes for the top share "
+                                                 "of P(yes), as many as truly reoffended)",
+                                    choices=("argmax", "base_rate"))
+    max_fairness_gap_increase: float | None = option(
+        None, "gate: a candidate fails when its calibrated demographic-parity gap exceeds the "
+              "base model's by more than this (null: fairness does not gate)", low=0)
     promote_finetuned: bool = option(True, "gate: when the pruned model fails, the fine-tuned "
                                            "model passes if its held-out perplexity is below "
                                            "the base model's")

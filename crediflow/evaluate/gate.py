@@ -3,8 +3,10 @@
 The pruned model is preferred: it passes when its held-out perplexity is at most
 `max_perplexity_increase` above the fine-tuned model's and it generates at least
 `min_speedup` times as fast. Failing that, the fine-tuned model passes (with
-`promote_finetuned`) when its held-out perplexity is below the base model's. When neither
-passes there is no new champion: the previous one keeps the alias.
+`promote_finetuned`) when its held-out perplexity is below the base model's. With
+`max_fairness_gap_increase` set, a candidate whose calibrated demographic-parity gap exceeds
+the base model's by more than that fails too. When no candidate passes there is no new
+champion: the previous one keeps the alias.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class Scores:
 
     perplexity: float
     tokens_per_second: float
+    fairness_gap: float | None = None  # calibrated demographic-parity gap of the probe
 
 
 @dataclass(frozen=True)
@@ -62,5 +65,23 @@ def decide(scores: Mapping[str, Scores], config: EvaluateConfig) -> Decision:
     else:
         passed[FINETUNED] = False
         reasons[FINETUNED] = "not a candidate (evaluate.promote_finetuned is false)"
+    if config.max_fairness_gap_increase is not None:
+        _fairness_gate(scores, config.max_fairness_gap_increase, passed, reasons)
     champion = next((m for m in (PRUNED, FINETUNED) if passed.get(m)), None)
     return Decision(champion, passed, reasons)
+
+
+def _fairness_gate(scores: Mapping[str, Scores], bound: float, passed: dict[str, bool],
+                   reasons: dict[str, str]) -> None:
+    """Fail the candidates whose fairness gap grew by more than `bound` over the base's."""
+    base = scores[BASE].fairness_gap
+    for role in passed:
+        gap = scores[role].fairness_gap
+        if base is None or gap is None:
+            passed[role] = False
+            reasons[role] += "; no fairness gap measured (evaluate.fairness_rows is 0)"
+            continue
+        ok = gap - base <= bound
+        passed[role] = passed[role] and ok
+        reasons[role] += (f"; DP gap {gap:.3f} {'<=' if ok else '>'} base {base:.3f} + "
+                          f"{bound:.3f}")

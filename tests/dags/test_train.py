@@ -49,7 +49,7 @@ def project(new_project, tiny_lm) -> Path:
         "finetune": {"model": str(project_root() / "base"), "max_steps": 3, "batch_size": 4,
                      "lora_r": 4, "lora_alpha": 8, "logging_steps": 1, "max_length": 64},
         "prune": {"count": 1, "max_steps": 2},
-        "evaluate": {"prompts": 2, "max_new_tokens": 4, "repeats": 1,
+        "evaluate": {"prompts": 2, "max_new_tokens": 4, "repeats": 1, "fairness_rows": 200,
                      "max_perplexity_increase": 1000.0, "min_speedup": 0.0,
                      "promote_finetuned": False}})
 
@@ -78,13 +78,16 @@ def _check_prune_and_promotion(project: Path, client, name: str, evaluate_run: s
     assert rows["pruned"]["params"] < rows["finetuned"]["params"] == rows["base"]["params"]
     assert rows["pruned"]["size_bytes"] < rows["finetuned"]["size_bytes"]
     assert all(np.isfinite(r["perplexity"]) and r["tokens_per_second"] > 0 for r in rows.values())
+    assert all(0 <= r["dp_true"] <= 1 and np.isfinite(r["dp_calibrated"]) for r in rows.values())
+    assert evaluation["fairness"]["rows"] == 200 and "T" in evaluation["fairness"]["pruned"]
     assert evaluation["gate"]["champion"] == "pruned" and evaluation["gate"]["changed"]
     champion = client.get_model_version_by_alias(name, "champion")
     assert int(champion.version) == pruned["registered"]["version"]
     assert champion.tags["gate.passed"] == "true" and "speed-up" in champion.tags["gate.reason"]
     assert champion.tags["crediflow.stage"] == "prune"
     logged = client.get_logged_model(pruned["registered"]["model_id"])
-    assert {m.key for m in logged.metrics} >= {"perplexity", "tokens_per_second", "params"}
+    assert {m.key for m in logged.metrics} >= {"perplexity", "tokens_per_second", "params",
+                                               "dp_calibrated", "dp_true"}
     assert (project / "reports/evaluate/models.png").stat().st_size > 0
     assert "evaluate/models.png" in {
         f.path for f in client.list_artifacts(evaluate_run, "evaluate")}

@@ -52,3 +52,18 @@ def test_without_a_pruned_model_and_with_missing_scores():
 def test_bad_values_name_the_key(key, value):
     with pytest.raises(ConfigError, match=repr(key)):
         EvaluateConfig.from_mapping({key: value})
+
+
+def test_fairness_bound_refuses_a_candidate_whose_gap_grew():
+    config = EvaluateConfig(max_perplexity_increase=0.10, min_speedup=1.25,
+                            max_fairness_gap_increase=0.05)
+    base = {BASE: Scores(12.0, 100.0, 0.10), FINETUNED: Scores(10.0, 100.0, 0.20)}
+    fair_pruned = base | {PRUNED: Scores(10.5, 130.0, 0.14)}
+    decision = decide(fair_pruned, config)
+    assert decision.champion == PRUNED
+    assert "DP gap 0.140 <= base 0.100 + 0.050" in decision.reasons[PRUNED]
+    assert not decision.passed[FINETUNED]  # 0.20 - 0.10 > 0.05
+    unfair = base | {PRUNED: Scores(10.5, 130.0, 0.16)}
+    assert decide(unfair, config).champion is None
+    unmeasured = {r: Scores(s.perplexity, s.tokens_per_second) for r, s in fair_pruned.items()}
+    assert "no fairness gap measured" in decide(unmeasured, config).reasons[PRUNED]
