@@ -84,3 +84,15 @@ def tiny_lm():
     torch.set_num_threads(1)
     yield LlamaForCausalLM(config).eval(), tokenizer
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test: small models only pay for synchronisation with
+    more, which gets very slow when other processes load the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -25,6 +25,8 @@ from crediflow.fairness.sampling import (
     validation_losses,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # Measured on this data (float64, eta = 1e-3, 150 candidates x 2 labels = 300 pairs per case;
 # cases dp/1 layer, eo/1 layer, dp/2 layers): Pearson correlation of the estimated and the real
 # change 0.99993-0.99995 (accuracy loss) and 0.99999 (fairness loss), signs agree on 100 % of
@@ -32,14 +34,6 @@ from crediflow.fairness.sampling import (
 MIN_CORRELATION = 0.99
 MIN_SIGN_AGREEMENT = 0.95
 MAX_MEDIAN_RELATIVE_ERROR = 0.05
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -18,15 +18,9 @@ from crediflow.prune import (
     untie_head,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 VOCAB = 48
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _llama(layers: int = 6, *, tied: bool = False):
