@@ -25,9 +25,9 @@ install: $(STAMP)
 data/raw/demo.jsonl: crediflow/synthetic/demo.py | $(STAMP)
 	$(ENV) && python -m crediflow.synthetic.demo --out data/raw/demo.jsonl --truth data/truth/demo_labels.csv
 
-# Build the demo data, initialise Airflow's SQLite DB, run DAGs `curate` then `train`, say where to look.
+# Build the demo data, initialise Airflow's SQLite DB and pools, run DAGs `curate` then `train`, say where to look.
 demo: data/raw/demo.jsonl | $(STAMP)
-	$(ENV) && mkdir -p $$AIRFLOW_HOME && airflow db migrate > $$AIRFLOW_HOME/migrate.log 2>&1 && python -m tasks.demo curate train
+	$(ENV) && mkdir -p $$AIRFLOW_HOME && airflow db migrate > $$AIRFLOW_HOME/migrate.log 2>&1 && python -m tasks.airflow_tasks pools && python -m tasks.demo curate train
 
 lint: | $(STAMP)
 	$(ENV) && ruff check . && lint-imports
@@ -35,9 +35,10 @@ lint: | $(STAMP)
 test: lint
 	$(ENV) && pytest -q
 
-# Airflow UI + scheduler at http://localhost:8080 (password: .airflow/simple_auth_manager_passwords.json.generated)
+# Airflow UI + scheduler at http://localhost:8080 (pools from params.yaml; the password file
+# .airflow/simple_auth_manager_passwords.json.generated appears on the first start)
 airflow: | $(STAMP)
-	$(ENV) && mkdir -p $$AIRFLOW_HOME && airflow db migrate > $$AIRFLOW_HOME/migrate.log 2>&1 && exec airflow standalone
+	$(ENV) && mkdir -p $$AIRFLOW_HOME && airflow db migrate > $$AIRFLOW_HOME/migrate.log 2>&1 && python -m tasks.airflow_tasks pools && exec airflow standalone
 
 # MLflow UI at http://localhost:5000 over the project's local store
 mlflow: | $(STAMP)

@@ -1,17 +1,19 @@
 """DAG `curate`: new data is ingested, embedded, audited, fixed and selected.
 
-Wiring only. The stages, their order, the schedule and the retries come from params.yaml;
-each task runs its stage through the shared runner (DVC + MLflow). The last stage updates the
-curated-data Asset, which schedules DAG `train`.
+Wiring only. The stages, their order, the schedule, the retries (exponential backoff up to a
+maximum delay), each stage's timeout and pool come from params.yaml; each task runs its stage
+through the shared runner (DVC + MLflow) and links to its MLflow run. The last stage updates the
+curated-data Asset, which schedules DAG `train`. The DAG starts unpaused: it runs on its
+schedule from the first `make airflow` on.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.sdk import DAG, Asset
 
-from tasks.airflow_tasks import finish, run_stage
+from tasks.airflow_tasks import default_args, finish, stage_task
 from tasks.config import pipeline
 
 SPEC = pipeline("curate")
@@ -23,16 +25,15 @@ with DAG(
     schedule=SPEC.schedule,
     start_date=datetime(2026, 1, 1),
     catchup=False,
+    is_paused_upon_creation=False,
     max_active_runs=1,
-    default_args={"retries": SPEC.retries,
-                  "retry_delay": timedelta(minutes=SPEC.retry_delay_minutes)},
+    default_args=default_args(SPEC),
     tags=["crediflow"],
 ) as dag:
     previous = None
     for i, stage in enumerate(SPEC.stages):
         last = i == len(SPEC.stages) - 1
-        current = run_stage.override(task_id=stage, outlets=[CURATED] if last else [])(
-            stage, SPEC.name)
+        current = stage_task(SPEC, stage, outlets=[CURATED] if last else [])
         if previous is not None:
             previous >> current
         previous = current

@@ -5,16 +5,17 @@ Scheduled by the curated-data Asset that DAG `curate` updates, or triggered by h
 Params form (base model, rho, mode, epochs, learning rate, LoRA). A manual run's values are
 written into params.yaml before the stages run (as `dvc exp run -S` does), so DVC records
 them in dvc.lock and MLflow in each stage's params; a run whose values and inputs did not
-change is skipped by DVC stage by stage. Wiring only.
+change is skipped by DVC stage by stage. Retries, timeouts and pools (the GPU pool for the
+GPU-bound stages) come from params.yaml; the DAG starts unpaused. Wiring only.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.sdk import DAG, Asset, Param
 
-from tasks.airflow_tasks import apply_params, finish, run_stage
+from tasks.airflow_tasks import apply_params, default_args, finish, stage_task
 from tasks.config import pipeline
 from tasks.overrides import FORM
 
@@ -28,16 +29,16 @@ with DAG(
     schedule=[CURATED],
     start_date=datetime(2026, 1, 1),
     catchup=False,
+    is_paused_upon_creation=False,
     max_active_runs=1,
-    default_args={"retries": SPEC.retries,
-                  "retry_delay": timedelta(minutes=SPEC.retry_delay_minutes)},
+    default_args=default_args(SPEC),
     params={name: Param(None, type=[kind, "null"], description=help_text)
             for name, (kind, help_text) in FORM.items()},
     tags=["crediflow"],
 ) as dag:
     previous = apply_params()
     for stage in SPEC.stages:
-        current = run_stage.override(task_id=stage)(stage, SPEC.name)
+        current = stage_task(SPEC, stage)
         previous >> current
         previous = current
     previous >> finish(SPEC.name, list(SPEC.stages))

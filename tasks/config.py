@@ -6,7 +6,7 @@ Cheap to import: the DAG files read their schedules and stage lists through it a
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -95,6 +95,23 @@ class PipelineSpec:
     retries: int
     retry_delay_minutes: float
     stages: tuple[str, ...]
+    retry_backoff: float = 2.0
+    max_retry_delay_minutes: float = 60.0
+    timeout_minutes: float = 60.0
+    timeouts: dict[str, float] = field(default_factory=dict)
+
+    def stage_timeout_minutes(self, stage: str) -> float:
+        """The execution timeout of `stage`: its entry in `timeouts`, else `timeout_minutes`."""
+        return float(self.timeouts.get(stage, self.timeout_minutes))
+
+
+def _number(spec: dict, key: str, default: float, name: str) -> float:
+    """A non-negative number of a pipeline's section; anything else is a ConfigError."""
+    value = spec.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"expected a number >= 0, got {value!r}", source="params.yaml",
+                          section="pipelines", key=f"{name}.{key}")
+    return float(value)
 
 
 def pipeline(name: str, root: Path | None = None) -> PipelineSpec:
@@ -108,10 +125,56 @@ def pipeline(name: str, root: Path | None = None) -> PipelineSpec:
     if missing:
         raise ConfigError(f"lists stages that dvc.yaml lacks: {missing}",
                           source="params.yaml", section="pipelines", key=name)
+    timeouts = spec.get("timeouts") or {}
+    unknown = [s for s in timeouts if s not in spec["stages"]] if isinstance(timeouts, dict) \
+        else ["(not a mapping)"]
+    if unknown:
+        raise ConfigError(f"timeouts for stages the pipeline lacks: {unknown}",
+                          source="params.yaml", section="pipelines", key=f"{name}.timeouts")
     return PipelineSpec(
         name=name,
         schedule=spec.get("schedule"),
         retries=int(spec.get("retries", 0)),
-        retry_delay_minutes=float(spec.get("retry_delay_minutes", 5)),
+        retry_delay_minutes=_number(spec, "retry_delay_minutes", 5, name),
         stages=tuple(spec["stages"]),
+        retry_backoff=_number(spec, "retry_backoff", 2.0, name),
+        max_retry_delay_minutes=_number(spec, "max_retry_delay_minutes", 60, name),
+        timeout_minutes=_number(spec, "timeout_minutes", 60, name),
+        timeouts={stage: _number(timeouts, stage, 0, f"{name}.timeouts") for stage in timeouts},
     )
+
+
+@dataclass(frozen=True)
+class AirflowSettings:
+    """The Airflow-wide settings of params.yaml's `airflow` section, with their defaults."""
+
+    url: str = "http://localhost:8080"
+    workspace_pool: str = "crediflow_workspace"
+    gpu_pool: str = "crediflow_gpu"
+    gpu_pool_slots: int = 1
+    gpu_stages: tuple[str, ...] = ("token_clean", "finetune", "prune", "evaluate")
+    notifier: dict[str, Any] | None = None
+
+    def pool(self, stage: str) -> str:
+        """The Airflow pool a stage's task runs in: the GPU pool for GPU-bound stages."""
+        return self.gpu_pool if stage in self.gpu_stages else self.workspace_pool
+
+
+def airflow_settings(root: Path | None = None) -> AirflowSettings:
+    """params.yaml's `airflow` section; keys it leaves out keep their defaults."""
+    section = load_params(root).get("airflow") or {}
+    known = set(AirflowSettings.__dataclass_fields__)
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ConfigError(f"unknown keys {unknown}; known: {sorted(known)}",
+                          source="params.yaml", section="airflow")
+    notifier = section.get("notifier")
+    if notifier is not None and not (isinstance(notifier, dict) and "class" in notifier):
+        raise ConfigError("expected null or {class: dotted.path, kwargs: {...}}",
+                          source="params.yaml", section="airflow", key="notifier")
+    values = dict(section)
+    if "gpu_stages" in values:
+        values["gpu_stages"] = tuple(values["gpu_stages"] or ())
+    if "url" in values:
+        values["url"] = str(values["url"]).rstrip("/")
+    return AirflowSettings(**values)

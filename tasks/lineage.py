@@ -1,11 +1,15 @@
 """MLflow lineage: a parent run per pipeline run, a child run per stage.
 
-A stage's child run carries its parameters, numeric metrics, report files, and every data
-dependency and output as an MLflow dataset whose digest is the DVC hash from dvc.lock.
+A stage's child run carries its parameters, numeric metrics, report files, system metrics
+(CPU, memory, disk, network; GPU with nvidia-ml-py) sampled while the stage runs, and every data
+dependency and output as an MLflow dataset whose digest is the DVC hash from dvc.lock. Runs
+carry the URL of their Airflow run; the parent gets the whole dvc.lock when the pipeline ends.
 """
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import json
 import logging
 import re
@@ -13,16 +17,25 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from tasks.config import load_params
+from tasks.config import airflow_settings, load_params
 from tasks.settings import apply, project_root
 
 log = logging.getLogger("crediflow.lineage")
 
-PARENT_TAGS = ("crediflow.pipeline", "airflow.dag_id", "airflow.run_id")
+PARENT_TAGS = ("crediflow.pipeline", "airflow.dag_id", "airflow.run_id", "airflow.run_url",
+               "mlflow.user", "mlflow.source.name", "mlflow.source.type")
+# The experiment tag that picks the MLflow UI's default view: model training (runs first), not
+# the GenAI view (traces first).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+DEFAULT_UI_URL = "http://localhost:5000"
 # The stage's child run, opened before the stage starts: its process logs live metrics there.
 STAGE_RUN_ENV = "CREDIFLOW_STAGE_RUN_ID"
 _ARTIFACT_MAX_BYTES = 10 << 20
+# System-metrics monitors of the stage runs open in this process, by run id.
+_MONITORS: dict[str, Any] = {}
 
 
 def mlflow_module():
@@ -34,15 +47,49 @@ def mlflow_module():
     return mlflow
 
 
+def mlflow_settings(root: Path | None = None) -> dict[str, Any]:
+    """params.yaml's `mlflow` section."""
+    return load_params(root).get("mlflow") or {}
+
+
 def experiment_id(root: Path | None = None) -> str:
-    """The project's MLflow experiment, created with its artifacts inside the project folder."""
+    """The project's MLflow experiment, created with its artifacts inside the project folder
+    and marked as model development, so that the MLflow UI opens on its runs."""
     mlflow = mlflow_module()
     root = root or project_root()
-    name = load_params(root)["mlflow"]["experiment"]
+    name = mlflow_settings(root)["experiment"]
     found = mlflow.get_experiment_by_name(name)
     if found:
+        if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            mlflow.MlflowClient().set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG,
+                                                     EXPERIMENT_KIND)
         return found.experiment_id
-    return mlflow.create_experiment(name, artifact_location=(root / "mlartifacts").as_uri())
+    return mlflow.create_experiment(name, artifact_location=(root / "mlartifacts").as_uri(),
+                                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+
+
+def ui_url(root: Path | None = None) -> str:
+    """The MLflow UI's base URL (`mlflow.ui_url`)."""
+    return str(mlflow_settings(root).get("ui_url") or DEFAULT_UI_URL).rstrip("/")
+
+
+def run_url(run_id: str, experiment: str | None = None) -> str:
+    """The MLflow UI page of a run."""
+    return f"{ui_url()}/#/experiments/{experiment or experiment_id()}/runs/{run_id}"
+
+
+def airflow_run_url(dag_id: str, run_id: str, task_id: str | None = None) -> str:
+    """The Airflow UI page of a DAG run (`airflow.url`), or of one of its tasks."""
+    url = f"{airflow_settings().url}/dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}"
+    return f"{url}/tasks/{quote(task_id)}" if task_id else url
+
+
+def _user() -> str:
+    """Who runs the pipeline, for the runs' `mlflow.user`."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "crediflow"
 
 
 def git_commit(root: Path | None = None) -> tuple[str, bool]:
@@ -80,13 +127,26 @@ def pipeline_run(pipeline: str, dag_id: str, run_id: str) -> str:
         "git.commit": commit,
         "git.dirty": str(dirty).lower(),
         "mlflow.source.git.commit": commit,
+        "mlflow.source.name": f"dags/{dag_id}.py",
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": _user(),
+        "airflow.run_url": airflow_run_url(dag_id, run_id),
     }
     return client.create_run(exp, run_name=f"{dag_id} {run_id}", tags=tags).info.run_id
 
 
 def finish_pipeline_run(parent_id: str, failed: bool) -> None:
-    """Close the parent run as FINISHED or FAILED."""
-    mlflow_module().MlflowClient().set_terminated(parent_id, "FAILED" if failed else "FINISHED")
+    """Record the whole dvc.lock on the parent run (artifact `dvc.lock`, tag `dvc.lock.md5`),
+    then close it as FINISHED or FAILED."""
+    client = mlflow_module().MlflowClient()
+    lock = project_root() / "dvc.lock"
+    if lock.is_file():
+        try:
+            client.set_tag(parent_id, "dvc.lock.md5", hashlib.md5(lock.read_bytes()).hexdigest())
+            client.log_artifact(parent_id, str(lock))
+        except Exception as exc:  # noqa: BLE001 - the record must not hide the run's outcome
+            log.warning("could not log dvc.lock to MLflow run %s: %s", parent_id, exc)
+    client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
 
 
 def finished_stages(parent_id: str) -> set[str]:
@@ -119,15 +179,81 @@ def _is_data(path: str) -> bool:
 def _stage_tags(client: Any, stage: str, parent_id: str) -> dict[str, str]:
     parent_tags = client.get_run(parent_id).data.tags
     tags = {k: parent_tags[k] for k in (*PARENT_TAGS, "git.commit") if k in parent_tags}
+    if "airflow.dag_id" in tags and "airflow.run_id" in tags:
+        tags["airflow.task_url"] = airflow_run_url(tags["airflow.dag_id"],
+                                                   tags["airflow.run_id"], stage)
     return tags | {"crediflow.role": "stage", "crediflow.stage": stage,
                    "mlflow.parentRunId": parent_id}
 
 
 def start_stage_run(stage: str, parent_id: str) -> str:
-    """Open the stage's child run before the stage starts (real durations, live metrics)."""
+    """Open the stage's child run before the stage starts (real durations, live metrics) and
+    start sampling system metrics into it until `log_stage` closes it."""
     client = mlflow_module().MlflowClient()
-    return client.create_run(experiment_id(), run_name=stage,
-                             tags=_stage_tags(client, stage, parent_id)).info.run_id
+    run_id = client.create_run(experiment_id(), run_name=stage,
+                               tags=_stage_tags(client, stage, parent_id)).info.run_id
+    start_system_metrics(run_id)
+    return run_id
+
+
+def start_system_metrics(run_id: str) -> None:
+    """Sample CPU, memory, disk, network (and GPU, with nvidia-ml-py) into `run_id` every
+    `mlflow.system_metrics_interval_s` seconds, unless `mlflow.system_metrics` is false."""
+    settings = mlflow_settings()
+    if not settings.get("system_metrics", True) or run_id in _MONITORS:
+        return
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(
+            run_id, sampling_interval=float(settings.get("system_metrics_interval_s", 5)))
+        monitor.start()
+    except Exception as exc:  # noqa: BLE001 - metrics must never stop a stage
+        log.warning("no system metrics for MLflow run %s: %s", run_id, exc)
+        return
+    _MONITORS[run_id] = monitor
+
+
+def stop_system_metrics(run_id: str) -> None:
+    """Stop sampling into `run_id`, logging the samples taken since the last interval (a stage
+    shorter than one interval still gets its system metrics)."""
+    monitor = _MONITORS.pop(run_id, None)
+    if monitor is None:
+        return
+    try:
+        monitor.finish()
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
+    except Exception as exc:  # noqa: BLE001 - metrics must never fail a stage
+        log.warning("could not log the last system metrics of MLflow run %s: %s", run_id, exc)
+
+
+def find_stage_run(dag_id: str, run_id: str, stage: str) -> str | None:
+    """The MLflow run of a stage in an Airflow run (the newest, after retries), if any."""
+    found = mlflow_module().MlflowClient().search_runs(
+        [experiment_id()],
+        filter_string=f"tags.`crediflow.role` = 'stage' and tags.`crediflow.stage` = '{stage}' "
+        f"and tags.`airflow.dag_id` = '{dag_id}' and tags.`airflow.run_id` = '{run_id}'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def _report_values(root: Path, metrics_files: Iterable[str]) -> tuple[dict, dict]:
+    """(numeric metrics, resolved params) of a stage's metrics files."""
+    numbers: dict[str, float] = {}
+    resolved: dict[str, str] = {}
+    for name in metrics_files:
+        path = root / name
+        if path.is_file():
+            report = json.loads(path.read_text())
+            # what a stage resolved at run time (e.g. precision "auto" -> "fp32") is a
+            # parameter of the run, next to the params.yaml values it came from
+            resolved |= {f"resolved.{k}": str(v) for k, v in
+                         flatten(report.pop("resolved", None) or {}).items()}
+            numbers |= {_metric_key(k): float(v) for k, v in flatten(report).items()
+                        if isinstance(v, int | float) and not isinstance(v, bool)}
+    return numbers, resolved
 
 
 def log_stage(
@@ -144,6 +270,9 @@ def log_stage(
     given); return the child's run id."""
     mlflow = mlflow_module()
     from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    if run_id:
+        stop_system_metrics(run_id)  # the stage's work is over
     from mlflow.data.meta_dataset import MetaDataset
 
     root = project_root()
@@ -175,17 +304,7 @@ def log_stage(
                     if path.is_file() and path.stat().st_size <= _ARTIFACT_MAX_BYTES:
                         mlflow.log_artifact(str(path),
                                             artifact_path=str(Path(entry["path"]).parent))
-        numbers, resolved = {}, {}
-        for name in metrics_files:
-            path = root / name
-            if path.is_file():
-                report = json.loads(path.read_text())
-                # what a stage resolved at run time (e.g. precision "auto" -> "fp32") is a
-                # parameter of the run, next to the params.yaml values it came from
-                resolved |= {f"resolved.{k}": str(v) for k, v in
-                             flatten(report.pop("resolved", None) or {}).items()}
-                numbers |= {_metric_key(k): float(v) for k, v in flatten(report).items()
-                            if isinstance(v, int | float) and not isinstance(v, bool)}
+        numbers, resolved = _report_values(root, metrics_files)
         if resolved:
             mlflow.log_params(resolved)
         if numbers:

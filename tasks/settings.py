@@ -26,6 +26,8 @@ def defaults(root: Path | None = None) -> dict[str, str]:
         "AIRFLOW_HOME": str(root / ".airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        # scheduled DAGs run on their schedule from the start, nobody has to unpause them
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "DO_NOT_TRACK": "1",
         "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
