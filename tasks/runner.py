@@ -2,7 +2,9 @@
 
 A stage runs as `dvc repro --single-item STAGE`, so DVC skips it (visibly, in the log) when
 nothing it depends on changed, and records its hashes in dvc.lock; then the stage is logged
-to MLflow as a child of the pipeline's run.
+to MLflow as a child of the pipeline's run. When params.yaml names a DVC remote (`dvc.remote`),
+a pipeline run that finished every stage pushes its stages' outputs there (`Repo.push`), so
+that `crediflow restore RUN` can bring them back on any machine.
 """
 
 from __future__ import annotations
@@ -15,16 +17,21 @@ import sys
 from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from crediflow.errors import ConfigError
 from tasks import lineage
-from tasks.config import pipeline, stage_metrics
+from tasks.config import load_params, pipeline, stage_metrics
 from tasks.settings import apply, project_root
 from tasks.stage import EXIT_BAD_INPUT
 
 log = logging.getLogger("crediflow.runner")
 SKIPPED_MARK = "didn't change, skipping"
+# The name DVC knows params.yaml's remote by when `dvc.remote` is a folder or a URL (in memory
+# only: nothing is written to .dvc/config).
+REMOTE_NAME = "crediflow"
 
 
 class StageFailed(RuntimeError):
@@ -33,6 +40,11 @@ class StageFailed(RuntimeError):
 
 class InputRejected(StageFailed):
     """The stage refused its input; running it again on the same input cannot succeed."""
+
+
+class PushFailed(RuntimeError):
+    """The outputs could not be pushed to the DVC remote (unreachable, no permission); unlike
+    StageFailed this is worth retrying, and nothing is lost: the outputs stay in the cache."""
 
 
 def _stage_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -104,19 +116,90 @@ def _rows(stage: str) -> int | None:
     return None
 
 
+def dvc_remote(root: Path | None = None) -> str | None:
+    """params.yaml's `dvc.remote`: a remote name of .dvc/config, a folder or a URL (s3://...);
+    None when the section or the key is absent or null (nothing is pushed)."""
+    section = load_params(root).get("dvc")
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise ConfigError(f"expected a mapping of keys to values, got {section!r}",
+                          source="params.yaml", section="dvc")
+    for key in section:
+        if key != "remote":
+            raise ConfigError("unknown key; the keys of this section are remote",
+                              source="params.yaml", section="dvc", key=key)
+    value = section.get("remote")
+    if value is not None and not (isinstance(value, str) and value.strip()):
+        raise ConfigError(f"expected a remote name, a folder or a URL, got {value!r}",
+                          source="params.yaml", section="dvc", key="remote")
+    return value
+
+
+def open_repo(root: Path | None = None, remote: str | None = None) -> Any:
+    """The project's `dvc.repo.Repo`; with `remote` (a remote of .dvc/config, a folder or a
+    URL) as its default remote, set in memory only. The caller closes it."""
+    from dvc.repo import Repo
+
+    root = root or project_root()
+    if remote is None:
+        return Repo(str(root))
+    with Repo(str(root)) as repo:
+        known = remote in repo.config["remote"]
+    if known:
+        return Repo(str(root), config={"core": {"remote": remote}})
+    url = remote if "://" in remote else str((root / Path(remote).expanduser()).resolve())
+    return Repo(str(root), config={"core": {"remote": REMOTE_NAME},
+                                   "remote": {REMOTE_NAME: {"url": url}}})
+
+
+def push_outputs(stages: tuple[str, ...], root: Path | None = None) -> int | None:
+    """Push the cached outputs of `stages` (as dvc.lock records them) to params.yaml's DVC
+    remote; return the number of files sent, or None when no remote is configured."""
+    remote = dvc_remote(root)
+    if remote is None:
+        return None
+    from dvc.exceptions import DvcException
+
+    root = root or project_root()
+    log.info("pushing the outputs of %s to the DVC remote %s", ", ".join(stages), remote)
+    # DVC resolves a bare stage name against the process's working directory, so each
+    # target names its dvc.yaml too
+    targets = [f"{root / 'dvc.yaml'}:{stage}" for stage in stages]
+    try:
+        with open_repo(root, remote) as repo:
+            return int(repo.push(targets=targets) or 0)
+    except DvcException as exc:
+        raise PushFailed(f"dvc push to {remote} failed: {exc}") from exc
+
+
 def finish(*, dag_id: str, run_id: str, pipeline_name: str,
            expected_stages: tuple[str, ...]) -> str:
-    """Close the pipeline's parent run: FAILED unless every expected stage finished.
+    """Close the pipeline's parent run: FAILED unless every expected stage finished. When
+    every stage finished and params.yaml names a DVC remote, push the stages' outputs first
+    (tags `dvc.remote` and `dvc.pushed` on the parent run).
 
-    Raises StageFailed in the failed case, so that the DAG run fails too.
+    Raises StageFailed in the failed case, so that the DAG run fails too, and PushFailed
+    when the push failed (the parent run is FAILED until a retry pushes).
     """
     parent = lineage.pipeline_run(pipeline_name, dag_id, run_id)
     done = lineage.finished_stages(parent)
     missing = [s for s in expected_stages if s not in done]
-    lineage.finish_pipeline_run(parent, failed=bool(missing))
     if missing:
+        lineage.finish_pipeline_run(parent, failed=True)
         raise StageFailed(f"pipeline {pipeline_name!r} run {run_id}: stages not finished: "
                           f"{', '.join(missing)}")
+    client = lineage.mlflow_module().MlflowClient()
+    try:
+        pushed = push_outputs(expected_stages)
+    except PushFailed as exc:
+        client.set_tag(parent, "dvc.push_error", str(exc)[-4000:])
+        lineage.finish_pipeline_run(parent, failed=True)
+        raise
+    if pushed is not None:
+        client.set_tag(parent, "dvc.remote", str(dvc_remote()))
+        client.set_tag(parent, "dvc.pushed", str(pushed))
+    lineage.finish_pipeline_run(parent, failed=False)
     return parent
 
 
@@ -140,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         parent = run_pipeline(args.pipeline)
-    except StageFailed as exc:
+    except (StageFailed, PushFailed) as exc:
         sys.exit(str(exc))
     print(f"MLflow parent run: {parent}")
 
