@@ -189,7 +189,7 @@ def _pull(repo: Any, outs: list[Output], remote: str) -> None:
             if obj is not None:
                 wanted.extend(oid for _, _, oid in obj)
         repo.cloud.pull(wanted)
-    except DvcException as exc:
+    except (DvcException, OSError) as exc:
         raise RemoteUnavailable(f"DVC remote {remote}: {exc}") from exc
     finally:
         quiet.setLevel(level)

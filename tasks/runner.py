@@ -169,7 +169,7 @@ def push_outputs(stages: tuple[str, ...], root: Path | None = None) -> int | Non
     try:
         with open_repo(root, remote) as repo:
             return int(repo.push(targets=targets) or 0)
-    except DvcException as exc:
+    except (DvcException, OSError) as exc:  # OSError: a folder remote that cannot be written
         raise PushFailed(f"dvc push to {remote} failed: {exc}") from exc
 
 

@@ -147,6 +147,29 @@ def test_data_in_neither_cache_nor_remote_is_named(project, capsys) -> None:
     assert not (root / "elsewhere").exists()  # nothing written when anything is missing
 
 
+def test_a_failed_push_fails_the_run_with_the_reason(project) -> None:
+    import mlflow
+
+    from tasks.runner import PushFailed, run_pipeline
+
+    root = project["root"]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["dvc"]["remote"] = "/proc/no-such-remote"  # a folder that cannot be created
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        with pytest.raises(PushFailed, match="dvc push to /proc/no-such-remote failed"):
+            run_pipeline("mini", run_id="manual__restore-push-fails")
+    finally:
+        params["dvc"]["remote"] = str(project["remote"])
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    from tasks import lineage
+
+    parent = mlflow.MlflowClient().get_run(
+        lineage.pipeline_run("mini", "mini", "manual__restore-push-fails"))
+    assert parent.info.status == "FAILED"
+    assert "no-such-remote" in parent.data.tags["dvc.push_error"]
+
+
 def test_an_unknown_run_is_one_line_and_exit_65_through_the_console_script(project) -> None:
     result = subprocess.run([str(BIN / "crediflow"), "restore", "no-such-run"],
                             capture_output=True, text=True, timeout=120)
