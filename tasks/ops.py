@@ -4,7 +4,7 @@ reaches them through tasks/cli.py).
 
 Exit status 65 with one line when the input is refused: an unknown run, model or alias, or
 a run whose files are in neither the DVC cache nor the remote; 1 when the DVC remote cannot
-be read.
+be read or a stage holds the workspace.
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ def build_parser(prog: str = "crediflow") -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Run `restore` or `lineage`; exit 65 with one line on bad input, 1 when the DVC
-    remote cannot be read."""
-    from tasks.restore import RemoteUnavailable
+    remote cannot be read or the workspace is busy."""
+    from tasks.restore import RestoreFailed
 
     args = build_parser().parse_args(argv)
     apply()
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
             exc = exc.with_source(_CLI)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    except RemoteUnavailable as exc:
+    except RestoreFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
 

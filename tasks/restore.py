@@ -30,6 +30,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,8 +45,16 @@ log = logging.getLogger("crediflow.restore")
 RUN_ID_PATTERN = re.compile(r"^[\w.:+\-]+$")
 
 
-class RemoteUnavailable(RuntimeError):
+class RestoreFailed(RuntimeError):
+    """Restoring failed for a reason other than the input: retrying later can help."""
+
+
+class RemoteUnavailable(RestoreFailed):
     """The DVC remote could not be read (unreachable, no permission)."""
+
+
+class WorkspaceBusy(RestoreFailed):
+    """Another DVC command (a stage running) holds the workspace."""
 
 
 @dataclass(frozen=True)
@@ -257,6 +267,24 @@ def _plan(repo: Any, outs: list[Output], remote: str | None,
     return artifacts, missing
 
 
+@contextmanager
+def _workspace_lock(repo: Any, hold: bool) -> Iterator[None]:
+    """DVC's repo lock while restoring over the workspace, so that no stage (`dvc repro`)
+    writes it at the same time; nothing when writing elsewhere."""
+    if not hold:
+        yield
+        return
+    from dvc.lock import LockError
+    from dvc.repo import lock_repo
+
+    try:
+        with lock_repo(repo):
+            yield
+    except LockError as exc:
+        raise WorkspaceBusy(f"the DVC workspace is busy (a stage is running?): {exc}; "
+                            "try again later or restore with --to DIR") from exc
+
+
 def restore(run: str, to: Path | None = None, root: Path | None = None) -> Restored:
     """Write every output of `run` (an MLflow or Airflow run id) under `to` (default: the
     project, in place) exactly as the run produced it; an InputError names the missing files
@@ -273,7 +301,8 @@ def restore(run: str, to: Path | None = None, root: Path | None = None) -> Resto
                          "its dvc.lock entry)")
     target = (to or root).resolve()
     remote = dvc_remote(root)
-    with open_repo(root, remote) as repo, tempfile.TemporaryDirectory() as tmp:
+    with open_repo(root, remote) as repo, tempfile.TemporaryDirectory() as tmp, \
+            _workspace_lock(repo, to is None):
         artifacts, missing = _plan(repo, list(outs.values()), remote, Path(tmp))
         if missing:
             where = f"the DVC remote {remote}" if remote else "a DVC remote (none configured)"

@@ -133,6 +133,18 @@ def test_restore_from_the_remote_with_the_cache_emptied(project) -> None:
     assert md5s(root, OUTPUTS) == project["md5"]
 
 
+def test_restore_over_a_busy_workspace_exits_1(project, capsys) -> None:
+    """A stage holding DVC's lock: restoring over the workspace exits 1 and says so."""
+    from dvc.repo import lock_repo
+
+    from tasks.runner import open_repo
+
+    with open_repo(project["root"]) as repo, lock_repo(repo), pytest.raises(SystemExit) as exit_:
+        _restore(project["parent"])
+    assert exit_.value.code == 1
+    assert "the DVC workspace is busy" in capsys.readouterr().err
+
+
 def test_data_in_neither_cache_nor_remote_is_named(project, capsys) -> None:
     root = project["root"]
     shutil.rmtree(root / ".dvc/cache")
