@@ -246,3 +246,30 @@ def test_task_log_path_is_where_airflow_reads_it():
     assert path == (Path(conf.get("logging", "base_log_folder")) / "dag_id=curate"
                     / f"run_id={RUN_ID}" / "task_id=ingest" / "attempt=2.log")
     assert str(path).startswith(os.environ["AIRFLOW_HOME"])
+
+
+def test_a_dag_test_run_keeps_links_and_task_logs():
+    """After test_curate's `dag.test()` runs in this session (the Airflow DB and logs are the
+    session's): each stage task pushed its "MLflow run" link, and its log file is where the UI
+    reads it. Skipped when this module runs alone."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    from tasks import lineage
+    from tasks.airflow_tasks import task_log_path
+
+    runs = [r for r in DagRun.find(dag_id="curate") if str(r.state) == "success"]
+    if not runs:
+        pytest.skip("needs a dag.test() run of DAG curate earlier in this session")
+    run = runs[0]
+    with create_session() as session:
+        links = {x.task_id: XComModel.deserialize_value(x) for x in session.query(XComModel)
+                 .filter(XComModel.dag_id == "curate", XComModel.run_id == run.run_id,
+                         XComModel.key == "_link_MlflowRunLink")}
+    assert set(links) == set(STAGE_TASKS["curate"])
+    child = lineage.find_stage_run("curate", run.run_id, "ingest")
+    assert links["ingest"].endswith(f"/runs/{child}")
+    log_file = task_log_path("curate", run.run_id, "ingest", 1)
+    text = log_file.read_text()
+    assert "Running stage 'ingest'" in text or "python -m tasks.ingest" in text, text[-2000:]
