@@ -233,7 +233,9 @@ def as_text(links: list[Link]) -> str:
     lines: list[str] = []
     for i, link in enumerate(links):
         arrow = "" if i == 0 else "<- "
-        head = {"model": f"model {link.name}", "stage": f"stage {link.name}",
+        trained = link.kind == "stage" and i > 0 and links[i - 1].kind == "model"
+        head = {"model": f"model {link.name}",
+                "stage": f"{'training run, ' if trained else ''}stage {link.name}",
                 "raw": f"raw data {link.name}"}[link.kind]
         lines.append(f"{arrow}{head}" + (f"  ({link.note})" if link.note else ""))
         lines += [f"     {path}  {md5}" for path, md5 in link.outputs.items()]

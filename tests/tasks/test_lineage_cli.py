@@ -135,6 +135,7 @@ def test_alias_and_run_id_give_the_same_chain_and_text_reads(project, capsys) ->
     assert _chain(capsys, made["run_id"]) == by_version
     text = _lineage(capsys, f"{made['name']}@lineage-test")
     assert text.splitlines()[0].startswith(f"model {made['name']}/{made['version']}")
+    assert "<- training run, stage finetune" in text
     assert "<- stage ingest" in text and "<- raw data data/raw" in text
     assert project["lock"]["outs"][0]["md5"] in text
 
