@@ -195,10 +195,10 @@ def _publish(registered: dict[str, dict], rows: dict[str, dict], decision: Decis
             if model_id:
                 mlflow.log_metrics(values, run_id=run.info.run_id, model_id=model_id,
                                    dataset=heldout)
-            client.set_model_version_tag(reg["name"], version.version, "gate.passed",
-                                         str(decision.passed.get(role, False)).lower())
-            client.set_model_version_tag(reg["name"], version.version, "gate.reason",
-                                         decision.reasons.get(role, ""))
+            for key, value in (("gate.passed", str(decision.passed.get(role, False)).lower()),
+                               ("gate.reason", decision.reasons.get(role, "")),
+                               ("evaluate.heldout_md5", heldout_md5)):
+                client.set_model_version_tag(reg["name"], version.version, key, value)
     name = registered[decision.champion or FINETUNED]["name"]
     if decision.champion is not None:
         version = str(registered[decision.champion]["version"])

@@ -54,6 +54,21 @@ def _stage_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the stage's process group, SIGKILL it when still there after 10 s."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def dvc_repro(stage: str, root: Path | None = None, *, env: dict[str, str] | None = None) -> bool:
     """Run one stage through DVC, streaming its output; return True when DVC skipped it.
     `env` is added to the stage process's environment."""
@@ -62,13 +77,19 @@ def dvc_repro(stage: str, root: Path | None = None, *, env: dict[str, str] | Non
     log.info("running %s in %s", " ".join(cmd[1:]), root)
     tail: deque[str] = deque(maxlen=40)
     skipped = False
+    # its own process group: a task that times out or is killed stops DVC and the stage too
     with subprocess.Popen(cmd, cwd=root, env=_stage_env(env), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
-        for line in proc.stdout:
-            line = line.rstrip()
-            print(line, flush=True)
-            tail.append(line)
-            skipped |= SKIPPED_MARK in line
+                          stderr=subprocess.STDOUT, text=True, bufsize=1,
+                          start_new_session=True) as proc:
+        try:
+            for line in proc.stdout:
+                line = line.rstrip()
+                print(line, flush=True)
+                tail.append(line)
+                skipped |= SKIPPED_MARK in line
+        except BaseException:
+            _stop_group(proc)
+            raise
     if proc.returncode:
         errors = [ln for ln in tail if ln.startswith(("error:", "  "))]
         bad_input = any(f"exited with {EXIT_BAD_INPUT}" in ln for ln in tail)

@@ -85,6 +85,7 @@ def _check_prune_and_promotion(project: Path, client, name: str, evaluate_run: s
     assert int(champion.version) == pruned["registered"]["version"]
     assert champion.tags["gate.passed"] == "true" and "speed-up" in champion.tags["gate.reason"]
     assert champion.tags["crediflow.stage"] == "prune"
+    assert champion.tags["evaluate.heldout_md5"] == evaluation["heldout_md5"]
     logged = client.get_logged_model(pruned["registered"]["model_id"])
     assert {m.key for m in logged.metrics} >= {"perplexity", "tokens_per_second", "params",
                                                "dp_calibrated", "dp_true"}
