@@ -6,7 +6,8 @@ Params form (base model, rho, mode, epochs, learning rate, LoRA). A manual run's
 written into params.yaml before the stages run (as `dvc exp run -S` does), so DVC records
 them in dvc.lock and MLflow in each stage's params; a run whose values and inputs did not
 change is skipped by DVC stage by stage. Retries, timeouts and pools (the GPU pool for the
-GPU-bound stages) come from params.yaml; the DAG starts unpaused. Wiring only.
+GPU-bound stages) come from params.yaml, and so does the runner of each GPU-bound stage (local,
+docker or kubernetes: tasks/containers.py); the DAG starts unpaused. Wiring only.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from datetime import datetime
 
 from airflow.sdk import DAG, Asset, Param
 
-from tasks.airflow_tasks import apply_params, default_args, finish, stage_task
+from tasks.airflow_tasks import apply_params, default_args, finish
 from tasks.config import pipeline
+from tasks.containers import runner_settings, stage_task
 from tasks.overrides import FORM
 
 SPEC = pipeline("train")
+RUNNERS = runner_settings()
 CURATED = Asset(name="crediflow_curated", uri="crediflow://curated")
 
 with DAG(
@@ -38,7 +41,7 @@ with DAG(
 ) as dag:
     previous = apply_params()
     for stage in SPEC.stages:
-        current = stage_task(SPEC, stage)
+        current = stage_task(stage, SPEC, RUNNERS)
         previous >> current
         previous = current
     previous >> finish(SPEC.name, list(SPEC.stages))

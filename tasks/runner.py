@@ -236,12 +236,39 @@ def run_pipeline(name: str, run_id: str | None = None) -> str:
     return parent
 
 
+def _main_stage(pipeline_name: str, stage: str, dag_id: str, run_id: str) -> None:
+    """`--stage`: run one stage as a task of the pipeline run `run_id` (what a container task
+    runs); print its result as JSON; exit with the stage's bad-input code when it refused its
+    input."""
+    import json
+
+    if stage not in pipeline(pipeline_name).stages:
+        sys.exit(f"pipeline {pipeline_name!r} has no stage {stage!r}")
+    try:
+        result = run_stage(stage, pipeline_name=pipeline_name, dag_id=dag_id, run_id=run_id)
+    except InputRejected as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except StageFailed as exc:
+        sys.exit(str(exc))
+    print(json.dumps(result))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tasks.runner", description=__doc__)
     parser.add_argument("pipeline", help="a pipeline of params.yaml, e.g. curate")
+    parser.add_argument("--stage", help="run only this stage, as one task of the Airflow run "
+                        "--run-id (what a container task runs); the run is not finished")
+    parser.add_argument("--run-id", help="with --stage: the Airflow run id of the pipeline run")
+    parser.add_argument("--dag-id", help="with --stage: the DAG id (default: the pipeline)")
     args = parser.parse_args(argv)
+    if args.stage and not args.run_id:
+        parser.error("--stage needs --run-id")
     apply()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.stage:
+        _main_stage(args.pipeline, args.stage, args.dag_id or args.pipeline, args.run_id)
+        return
     try:
         parent = run_pipeline(args.pipeline)
     except (StageFailed, PushFailed) as exc:
