@@ -15,7 +15,7 @@ from crediflow.audit.config import AuditConfig
 from crediflow.data.schema import LABEL
 from tasks.catalog import Catalog
 from tasks.config import stage_config
-from tasks.plots import transition_heatmap
+from tasks.plots import transition_csv, transition_heatmap
 from tasks.stage import stage_main
 
 log = logging.getLogger("crediflow.audit")
@@ -56,6 +56,7 @@ def run() -> dict:
     with catalog.publish("audit") as out:
         out.table("audited", audited)
         transition_heatmap(result.T, result.classes, out.reports / "transition_matrix.png")
+        transition_csv(result.T, result.classes, out.reports / "transition_matrix.csv")
         out.json("metrics.json", metrics)
     log.info("audit: credibility %.3f, %d of %d labelled rows flagged (%d unlabelled passed "
              "through)", result.credibility, metrics["flagged"], n_labelled, n - n_labelled)

@@ -44,7 +44,7 @@ from tasks.catalog import Catalog
 from tasks.config import stage_config
 from tasks.io import write_json
 from tasks.lineage import mlflow_module
-from tasks.plots import model_bars
+from tasks.plots import model_bars, model_table_csv
 from tasks.stage import stage_main
 from tasks.tracking import stage_run
 
@@ -133,6 +133,7 @@ def run() -> dict:
     reports = catalog.reports("evaluate")
     model_bars(rows, BARS, reports / "models.png",
                title=f"Held-out split ({len(heldout)} records)")
+    model_table_csv(rows, [key for key, _ in BARS], reports / "models.csv")
     promotion = _publish(registered, rows, decision, heldout_md5, reports / "models.png")
     metrics = {"models": rows, "fairness": fairness, "heldout_records": len(heldout),
                "heldout_md5": heldout_md5,

@@ -1,8 +1,11 @@
-"""Report figures (PNG), drawn off-screen."""
+"""Report figures (PNG), drawn off-screen, and the data behind them as CSV files that
+dvc.yaml declares as DVC plots (`dvc plots show|diff` draws and compares them)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import csv
+from collections.abc import Iterable, Mapping, Sequence
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +97,39 @@ def model_bars(rows: dict[str, dict[str, float | None]], measures: Sequence[tupl
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     write_bytes_atomic(path, buf.getvalue())
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """A CSV file with `header` and `rows` (None as an empty cell), written atomically."""
+    buf = StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(["" if v is None else v for v in row] for row in rows)
+    write_bytes_atomic(path, buf.getvalue().encode("utf-8"))
+
+
+def transition_csv(T: np.ndarray, classes: Sequence[str], path: Path) -> None:
+    """T as plot data, one row per cell: `true_label,observed_label,value`, value being
+    P(observed | true) rounded to 6 digits (.dvc/plots/heatmap.json draws it)."""
+    write_csv(path, ("true_label", "observed_label", "value"),
+              ((classes[i], classes[j], round(float(T[i, j]), 6))
+               for i in range(len(classes)) for j in range(len(classes))))
+
+
+def rating_counts_csv(raw: np.ndarray, curated: np.ndarray, classes: Sequence[str],
+                      path: Path) -> None:
+    """The rating histograms as plot data: `rating_class,series,rows`, the rows of each class
+    before (series `raw`) and after curation (`curated`); .dvc/plots/grouped_bars.json draws
+    them side by side."""
+    k = len(classes)
+    write_csv(path, ("rating_class", "series", "rows"),
+              ((cls, series, int(count)) for series, values in (("raw", raw), ("curated", curated))
+               for cls, count in zip(classes, np.bincount(values, minlength=k), strict=True)))
+
+
+def model_table_csv(rows: Mapping[str, Mapping[str, object]], measures: Sequence[str],
+                    path: Path) -> None:
+    """The models side by side as plot data: `model,<measure>...`, one row per model; a
+    missing value is an empty cell."""
+    write_csv(path, ("model", *measures),
+              ((name, *(row.get(m) for m in measures)) for name, row in rows.items()))

@@ -26,7 +26,12 @@ from crediflow.select.rating import rate
 from crediflow.select.selection import budget_count
 from tasks.catalog import Catalog
 from tasks.config import stage_config
-from tasks.plots import rating_histograms, transition_heatmap
+from tasks.plots import (
+    rating_counts_csv,
+    rating_histograms,
+    transition_csv,
+    transition_heatmap,
+)
 from tasks.stage import stage_main
 
 log = logging.getLogger("crediflow.select")
@@ -94,6 +99,9 @@ def run() -> dict:
                           out.reports / "rating_histogram.png")
         transition_heatmap(result.T, classes, out.reports / "transition_matrix.png",
                            title="Estimated rating transition matrix")
+        rating_counts_csv(result.raw_class, result.curated_class, classes,
+                          out.reports / "rating_histogram.csv")
+        transition_csv(result.T, classes, out.reports / "transition_matrix.csv")
         out.json("metrics.json", metrics)
     log.info("select: %d of %d rows selected, %d ratings moved by curation (credibility %.3f)",
              metrics["selected"], records.num_rows, moved, result.credibility)
