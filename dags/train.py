@@ -19,7 +19,7 @@ from airflow.sdk import DAG, Asset, Param
 from tasks.airflow_tasks import apply_params, default_args, finish
 from tasks.config import pipeline
 from tasks.containers import runner_settings, stage_task
-from tasks.overrides import FORM
+from tasks.overrides import FORM, form_schema
 
 SPEC = pipeline("train")
 RUNNERS = runner_settings()
@@ -35,7 +35,8 @@ with DAG(
     is_paused_upon_creation=False,
     max_active_runs=1,
     default_args=default_args(SPEC),
-    params={name: Param(None, type=[kind, "null"], description=help_text)
+    params={name: Param(None, type=[kind, "null"], description=help_text,
+                        **form_schema(name))
             for name, (kind, help_text) in FORM.items()},
     tags=["crediflow"],
 ) as dag:

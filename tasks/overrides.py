@@ -6,6 +6,7 @@ dvc.lock; a field left empty (null) keeps what params.yaml says.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,25 @@ FIELDS: dict[str, tuple[str, str, str, str]] = {
 }
 FORM: dict[str, tuple[str, str]] = {name: (kind, help_text)
                                     for name, (kind, _, _, help_text) in FIELDS.items()}
+
+
+def form_schema(name: str) -> dict[str, Any]:
+    """The JSON-schema bounds of form field `name` from its config field (minimum, maximum,
+    exclusive bounds, allowed values), so that the Airflow form refuses a value out of range
+    before a run starts; {} for a field without bounds."""
+    _, section, key, _ = FIELDS[name]
+    config = _configs()[section]
+    field = next(f for f in dataclasses.fields(config) if f.name == key)
+    meta = field.metadata
+    schema: dict[str, Any] = {}
+    if name != "lora" and meta.get("choices"):
+        schema["enum"] = [*meta["choices"], None]
+    for bound, inclusive, exclusive in (("low", "minimum", "exclusiveMinimum"),
+                                        ("high", "maximum", "exclusiveMaximum")):
+        if meta.get(bound) is not None:
+            open_ = meta.get(f"{bound}_open", False)
+            schema[exclusive if open_ else inclusive] = meta[bound]
+    return schema
 
 
 def _configs() -> dict[str, Any]:

@@ -184,3 +184,23 @@ def test_set_param_missing_section() -> None:
     with pytest.raises(ConfigError, match="token_clean") as caught:
         set_param(TEXT, "token_clean", "rho", 0.5)
     assert caught.value.section == "token_clean"
+
+
+def test_the_form_refuses_values_out_of_range_before_a_run():
+    from airflow.sdk import Param
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    from tasks.overrides import form_schema
+
+    assert form_schema("rho") == {"exclusiveMinimum": 0, "maximum": 1}
+    assert form_schema("prune_ratio") == {"exclusiveMinimum": 0, "exclusiveMaximum": 1}
+    assert None in form_schema("mode")["enum"] and "fixed" in form_schema("mode")["enum"]
+    assert form_schema("base_model") == {} and form_schema("lora") == {}
+    for name, bad, good in (("rho", 1.5, 0.5), ("rho", 0, 1), ("prune_ratio", 1.0, 0.25),
+                            ("mode", "fast", "self_evolving"), ("epochs", 0, 2)):
+        kind = FORM[name][0]
+        param = Param(None, type=[kind, "null"], **form_schema(name))
+        with pytest.raises(ParamValidationError):
+            param.resolve(bad)
+        assert param.resolve(good) == good
+        assert param.resolve(None) is None
