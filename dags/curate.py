@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import DAG, Asset
+from airflow.sdk import DAG
 
-from tasks.airflow_tasks import default_args, finish, stage_task
+from tasks.airflow_tasks import curated_asset, default_args, finish, stage_task
 from tasks.config import pipeline
 
 SPEC = pipeline("curate")
-CURATED = Asset(name="crediflow_curated", uri="crediflow://curated")
+CURATED = curated_asset()
 
 with DAG(
     dag_id="curate",

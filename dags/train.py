@@ -14,16 +14,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import DAG, Asset, Param
+from airflow.sdk import DAG, Param
 
-from tasks.airflow_tasks import apply_params, default_args, finish
+from tasks.airflow_tasks import apply_params, curated_asset, default_args, finish
 from tasks.config import pipeline
 from tasks.containers import runner_settings, stage_task
 from tasks.overrides import FORM, form_schema
 
 SPEC = pipeline("train")
 RUNNERS = runner_settings()
-CURATED = Asset(name="crediflow_curated", uri="crediflow://curated")
+CURATED = curated_asset()
 
 with DAG(
     dag_id="train",

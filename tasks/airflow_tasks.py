@@ -23,7 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import BaseOperatorLink, task
+from airflow.sdk import Asset, BaseOperatorLink, task
 
 from tasks.config import PipelineSpec, airflow_settings
 from tasks.settings import project_root
@@ -306,3 +306,12 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def curated_asset() -> Asset:
+    """The curated-data Asset: DAG `curate`'s last stage updates it, DAG `train` runs on it;
+    its URI names the data (the selected records' folder of the catalog, as a file:// URI)."""
+    from tasks.catalog import Catalog
+
+    folder = Path(Catalog().folder("selected"))
+    return Asset(name="crediflow_curated", uri=folder.resolve().as_uri())
