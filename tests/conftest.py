@@ -96,3 +96,52 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def run_in(root: Path, *cmd: str) -> None:
+    """Run a command of the venv (git, dvc, airflow) in `root`."""
+    import subprocess
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    subprocess.run(cmd, cwd=root, check=True, capture_output=True, env=os.environ | {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+
+
+@pytest.fixture(scope="session")
+def build_project():
+    """build(setup, params, *, airflow=False) -> the session's project folder: emptied (the
+    MLflow store stays, its connections are open), the code, dvc.yaml, params.yaml and
+    .gitignore copied, `setup(root)` writes the data, `params` updates params.yaml section by
+    section, then git and DVC (and with `airflow`, Airflow's DB) are initialised."""
+    import shutil
+
+    import yaml
+
+    from tasks.settings import PROJECT_ROOT, project_root
+
+    def build(setup, params: dict[str, dict], *, airflow: bool = False) -> Path:
+        root = project_root()
+        root.mkdir(parents=True, exist_ok=True)
+        for old in root.iterdir():
+            if old.name not in ("mlflow.db", "mlartifacts"):
+                shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+        for name in ("crediflow", "tasks"):
+            shutil.copytree(PROJECT_ROOT / name, root / name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+            shutil.copy(PROJECT_ROOT / name, root / name)
+        setup(root)
+        values = yaml.safe_load((root / "params.yaml").read_text())
+        for section, changes in params.items():
+            values.setdefault(section, {}).update(changes)
+        (root / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+        run_in(root, "git", "init", "-q")
+        run_in(root, "dvc", "init", "-q")
+        run_in(root, "git", "add", ".")
+        run_in(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+        if airflow:
+            run_in(root, "airflow", "db", "migrate")
+        return root
+
+    return build

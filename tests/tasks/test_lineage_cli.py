@@ -8,48 +8,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from crediflow.synthetic.demo import write_demo
-from tasks.settings import PROJECT_ROOT, project_root
 from tasks.stage import EXIT_BAD_INPUT
 
 
-def _git(root: Path, *cmd: str) -> None:
-    """Run git or dvc of the venv in `root`."""
-    bin_dir = Path(sys.executable).parent
-    subprocess.run(cmd, cwd=root, check=True, capture_output=True,
-                   env=os.environ | {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
-
-
-def _make_project() -> Path:
-    """The session's project folder with the code, dvc.yaml, params.yaml (pipeline `mini`:
-    stage ingest) and demo records, under git and DVC (as tests/dags/conftest.py builds it)."""
-    root = project_root()
-    root.mkdir(parents=True, exist_ok=True)
-    for old in root.iterdir():
-        if old.name not in ("mlflow.db", "mlartifacts"):
-            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
-    for name in ("crediflow", "tasks"):
-        shutil.copytree(PROJECT_ROOT / name, root / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
-        shutil.copy(PROJECT_ROOT / name, root / name)
+def _demo_records(root: Path) -> None:
     write_demo(root / "data/raw/demo.jsonl", root / "data/truth/demo_labels.csv", n=80, seed=5)
-    values = yaml.safe_load((root / "params.yaml").read_text())
-    values["pipelines"]["mini"] = {"stages": ["ingest"]}
-    (root / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
-    _git(root, "git", "init", "-q")
-    _git(root, "dvc", "init", "-q")
-    _git(root, "git", "add", ".")
-    _git(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
-    return root
 
 
 def _train_run(root: Path, model_dir: Path) -> dict:
@@ -78,12 +48,12 @@ def _train_run(root: Path, model_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def project(tiny_lm, tmp_path_factory) -> dict:
+def project(tiny_lm, tmp_path_factory, build_project) -> dict:
     """A project after pipeline `mini` ran, and a model version registered from a train
     run that read its output."""
     from tasks.runner import run_pipeline
 
-    root = _make_project()
+    root = build_project(_demo_records, {"pipelines": {"mini": {"stages": ["ingest"]}}})
     parent = run_pipeline("mini", run_id="manual__lineage-ingest")
     model_dir = tmp_path_factory.mktemp("model")
     model, tokenizer = tiny_lm

@@ -6,7 +6,6 @@ another folder; a run whose data is nowhere names the missing files (exit 65).""
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -17,42 +16,14 @@ import yaml
 
 from crediflow.errors import ConfigError
 from crediflow.synthetic.demo import write_demo
-from tasks.settings import PROJECT_ROOT, project_root
 from tasks.stage import EXIT_BAD_INPUT
 
 BIN = Path(sys.executable).parent
 RUN_ID = "manual__restore-test"
 
 
-def _run(root: Path, *cmd: str) -> None:
-    subprocess.run(cmd, cwd=root, check=True, capture_output=True,
-                   env=os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
-
-
-def make_project(params: dict[str, dict], n: int = 80) -> Path:
-    """The session's project folder emptied (the MLflow store stays), the code, dvc.yaml and
-    params.yaml copied, demo records as raw data, `params` merged by section, git and DVC
-    initialised (the pattern of tests/dags/conftest.py, without Airflow)."""
-    root = project_root()
-    root.mkdir(parents=True, exist_ok=True)
-    for old in root.iterdir():
-        if old.name not in ("mlflow.db", "mlartifacts"):
-            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
-    for name in ("crediflow", "tasks"):
-        shutil.copytree(PROJECT_ROOT / name, root / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
-        shutil.copy(PROJECT_ROOT / name, root / name)
-    write_demo(root / "data/raw/demo.jsonl", root / "data/truth/demo_labels.csv", n=n, seed=3)
-    values = yaml.safe_load((root / "params.yaml").read_text())
-    for section, changes in params.items():
-        values.setdefault(section, {}).update(changes)
-    (root / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
-    _run(root, "git", "init", "-q")
-    _run(root, "dvc", "init", "-q")
-    _run(root, "git", "add", ".")
-    _run(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
-    return root
+def _demo_records(root: Path) -> None:
+    write_demo(root / "data/raw/demo.jsonl", root / "data/truth/demo_labels.csv", n=80, seed=3)
 
 
 def md5s(root: Path, paths: tuple[str, ...]) -> dict[str, str]:
@@ -70,14 +41,14 @@ OUTPUTS = ("data/ingested", "reports/ingest/validation.json", "reports/ingest/me
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> dict:
+def project(tmp_path_factory, build_project) -> dict:
     """A project whose pipeline `mini` (stage ingest) ran once through the runner, with a
     local-folder DVC remote in params.yaml; returns its root, remote, parent run and md5s."""
     from tasks.runner import run_pipeline
 
     remote = tmp_path_factory.mktemp("dvc-remote")
-    root = make_project({"pipelines": {"mini": {"stages": ["ingest"]}},
-                         "dvc": {"remote": str(remote)}})
+    root = build_project(_demo_records, {"pipelines": {"mini": {"stages": ["ingest"]}},
+                                         "dvc": {"remote": str(remote)}})
     parent = run_pipeline("mini", run_id=RUN_ID)
     return {"root": root, "remote": remote, "parent": parent, "md5": md5s(root, OUTPUTS)}
 
