@@ -55,9 +55,9 @@ REGISTERED_BY = {FINETUNED: "finetune", PRUNED: "prune"}
 BARS = (("perplexity", "held-out perplexity"), ("tokens_per_second", "generation tokens/s"),
         ("params_millions", "parameters (M)"), ("size_mb", "size on disk (MB)"),
         ("dp_calibrated", "DP gap, calibrated"), ("dp_true", "DP gap, true groups"))
-NUMERIC = ("heldout_loss", "perplexity", "tokens_per_second", "speedup", "params", "size_bytes",
-           "yes_share", "dp_raw", "dp_calibrated", "dp_true", "eod_raw", "eod_calibrated",
-           "eod_true")
+NUMERIC = ("heldout_loss", "perplexity", "tokens_per_second", "speedup_vs_base", "params",
+           "size_bytes", "yes_share", "dp_raw", "dp_calibrated", "dp_true", "eod_raw",
+           "eod_calibrated", "eod_true")
 
 
 def _file_md5(path: Path) -> str:
@@ -125,8 +125,8 @@ def run() -> dict:
         rows[role] |= {"tokens_per_second": speed.tokens_per_second,
                        "generation_seconds": speed.seconds}
     for role in (FINETUNED, PRUNED):
-        rows[role]["speedup"] = (rows[role]["tokens_per_second"]
-                                 / rows[BASE]["tokens_per_second"])
+        rows[role]["speedup_vs_base"] = (rows[role]["tokens_per_second"]
+                                         / rows[BASE]["tokens_per_second"])
     fairness = _fairness(models, tokenizers, rows, config)
     decision = decide({r: Scores(v["perplexity"], v["tokens_per_second"], v.get("dp_calibrated"))
                        for r, v in rows.items()}, config)
