@@ -40,7 +40,7 @@ from crediflow.finetune.config import FinetuneConfig  # noqa: E402
 from crediflow.models.causal_lm import load_causal_lm  # noqa: E402
 from crediflow.models.sft import sft_from_table  # noqa: E402
 from crediflow.models.token_loss import mean_label_loss  # noqa: E402
-from crediflow.models.training import train_sft  # noqa: E402
+from crediflow.models.training import pad_id, train_sft  # noqa: E402
 from crediflow.prune import (  # noqa: E402
     PruneConfig,
     decoder_layers,
@@ -122,7 +122,7 @@ def main() -> None:
         models[selector] = pruned
     speeds = generation_speed(models, prompts_of(data[1], args.prompts),
                               max_new_tokens=args.max_new_tokens, repeats=args.repeats,
-                              pad_id=tokenizer.pad_token_id or 0)
+                              pad_id=pad_id(tokenizer))
     for row in rows:
         row["tokens_per_second"] = speeds[row["selector"]].tokens_per_second
         row["speedup"] = row["tokens_per_second"] / speeds["unpruned"].tokens_per_second

@@ -40,6 +40,7 @@ from crediflow.models.causal_lm import load_causal_lm, model_folder
 from crediflow.models.precision import describe, detect_device, resolve_precision
 from crediflow.models.sft import sft_from_table
 from crediflow.models.token_loss import mean_label_loss
+from crediflow.models.training import pad_id
 from tasks.catalog import Catalog
 from tasks.config import stage_config
 from tasks.io import write_json
@@ -116,11 +117,9 @@ def run() -> dict:
         rows[role] = {"heldout_loss": loss, "perplexity": perplexity(loss), "params": params,
                       "params_millions": params / 1e6, "size_bytes": size,
                       "size_mb": None if size is None else size / 2**20}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
-        tokenizer.eos_token_id or 0)
     speeds = generation_speed(models, prompts_of(heldout, config.prompts),
                               max_new_tokens=config.max_new_tokens, repeats=config.repeats,
-                              pad_id=pad_id)
+                              pad_id=pad_id(tokenizer))
     for role, speed in speeds.items():
         rows[role] |= {"tokens_per_second": speed.tokens_per_second,
                        "generation_seconds": speed.seconds}

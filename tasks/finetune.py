@@ -15,10 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import pyarrow.compute as pc
-
-from crediflow.data.schema import LABELS_ALL, NO_KEPT_TOKEN
-from crediflow.errors import InputError
+from crediflow.data.schema import LABELS_ALL
 from crediflow.finetune.config import FinetuneConfig
 from crediflow.models.causal_lm import load_causal_lm
 from crediflow.models.precision import describe, detect_device, resolve_precision
@@ -30,6 +27,7 @@ from tasks.config import stage_config
 from tasks.io import write_json
 from tasks.stage import stage_main
 from tasks.tracking import live_logger, register_stage_model
+from tasks.training_data import training_records
 
 log = logging.getLogger("crediflow.finetune")
 UPSTREAM = ("ingest", "embed", "audit", "fix", "select", "token_clean")
@@ -52,13 +50,7 @@ def run() -> dict:
     precision = resolve_precision(config.precision, device, stage="finetune")
     settings = config.to_settings(precision)
     catalog = Catalog()
-    table = catalog.read("token_cleaned")
-    keep = pc.invert(pc.fill_null(table.column(NO_KEPT_TOKEN), False))
-    cleaned = sft_from_table(table.filter(keep))
-    heldout = sft_from_table(catalog.read("heldout"))
-    if len(cleaned) == 0:
-        raise InputError("no record keeps a token after cleaning; raise token_clean.rho",
-                         field=NO_KEPT_TOKEN)
+    cleaned, heldout = training_records(catalog)
     base, tokenizer = load_causal_lm(config.model)
     base_print = fingerprint(base)
     eval_kwargs = {"batch_size": config.batch_size, "precision": precision}
@@ -70,7 +62,7 @@ def run() -> dict:
         metrics |= {"train": trained.metrics,
                     "heldout_loss": mean_label_loss(trained.model, heldout, **eval_kwargs)}
         if baseline is not None:
-            metrics["all_tokens"] = _all_tokens_run(baseline, tokenizer, table, settings,
+            metrics["all_tokens"] = _all_tokens_run(baseline, tokenizer, catalog, settings,
                                                     steps=trained.metrics["steps"],
                                                     heldout=heldout, workdir=Path(work))
     metrics |= {"records": len(cleaned), "heldout_records": len(heldout),
@@ -87,10 +79,11 @@ def run() -> dict:
     return metrics
 
 
-def _all_tokens_run(model: Any, tokenizer: Any, table: Any, settings: Any, *, steps: int,
-                    heldout: Any, workdir: Path) -> dict:
-    """The same training for the same steps on every response token: the comparison."""
-    everything = sft_from_table(table, labels=LABELS_ALL)
+def _all_tokens_run(model: Any, tokenizer: Any, catalog: Catalog, settings: Any, *,
+                    steps: int, heldout: Any, workdir: Path) -> dict:
+    """The same training for the same steps on every response token of every record (those
+    that kept no token included): the comparison."""
+    everything = sft_from_table(catalog.read("token_cleaned"), labels=LABELS_ALL)
     result = train_sft(model, tokenizer, everything,
                        dataclasses.replace(settings, max_steps=int(steps)),
                        output_dir=workdir / "all_tokens")

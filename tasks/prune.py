@@ -14,16 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pyarrow.compute as pc
-
-from crediflow.data.schema import NO_KEPT_TOKEN
-from crediflow.errors import InputError
 from crediflow.finetune.config import FinetuneConfig
 from crediflow.models.causal_lm import load_causal_lm
 from crediflow.models.precision import describe, detect_device, resolve_precision
-from crediflow.models.sft import sft_from_table
 from crediflow.models.token_loss import mean_label_loss
-from crediflow.models.training import save_model, train_sft
+from crediflow.models.training import count_params, save_model, train_sft
 from crediflow.prune import (
     PruneConfig,
     decoder_layers,
@@ -39,13 +34,10 @@ from tasks.config import stage_config
 from tasks.io import write_json
 from tasks.stage import stage_main
 from tasks.tracking import live_logger, register_stage_model
+from tasks.training_data import training_records
 
 log = logging.getLogger("crediflow.prune")
 UPSTREAM = ("ingest", "embed", "audit", "fix", "select", "token_clean", "finetune")
-
-
-def _count(model: Any) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def run() -> dict:
@@ -56,13 +48,7 @@ def run() -> dict:
     precision = resolve_precision(train_config.precision, device, stage="finetune")
     config.recovery_settings(train_config.to_settings(precision))  # params first: cheap
     catalog = Catalog()
-    table = catalog.read("token_cleaned")
-    keep = pc.invert(pc.fill_null(table.column(NO_KEPT_TOKEN), False))
-    cleaned = sft_from_table(table.filter(keep))
-    heldout = sft_from_table(catalog.read("heldout"))
-    if len(cleaned) == 0:
-        raise InputError("no record keeps a token after cleaning: nothing to calibrate or "
-                         "train on", file=str(catalog.path("token_cleaned")), field=NO_KEPT_TOKEN)
+    cleaned, heldout = training_records(catalog)
     model, tokenizer = load_causal_lm(str(catalog.folder("finetuned")))
     n_layers = len(decoder_layers(model))
     remove_count(config, n_layers)  # a ratio that removes no layer or every layer: refused now
@@ -78,7 +64,7 @@ def run() -> dict:
     metrics: dict[str, Any] = {
         "selector": config.selector, "removed_layers": remove, "layers_before": n_layers,
         "layers_after": n_layers - len(remove), "select_seconds": round(select_seconds, 3),
-        "params": _count(pruned), "tied_head": tied, "tied_head_choice": config.tied_head,
+        "params": count_params(pruned)[1], "tied_head": tied, "tied_head_choice": config.tied_head,
         "finetune": config.finetune,
         "heldout_loss_before_training": mean_label_loss(pruned, heldout, **eval_kwargs)}
     trainable = (tuple(trainable_for_partial(pruned, config.trainable_last))

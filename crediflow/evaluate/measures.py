@@ -20,6 +20,7 @@ import numpy as np
 
 from crediflow.errors import InputError
 from crediflow.models.sft import IGNORE, TokenizedSFT
+from crediflow.models.training import count_params
 
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.gguf")
 
@@ -43,7 +44,7 @@ def perplexity(loss: float) -> float:
 
 def parameter_count(model: Any) -> int:
     """Parameters of a model, a tied matrix counted once."""
-    return sum(p.numel() for p in model.parameters())
+    return count_params(model)[1]
 
 
 def size_on_disk(folder: Path | None) -> int | None:

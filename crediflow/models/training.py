@@ -170,11 +170,11 @@ def train_sft(model: Any, tokenizer: Any, sft: TokenizedSFT, settings: TrainSett
         model = _with_lora(model, settings)
     elif settings.trainable:
         freeze_except(model, settings.trainable)
-    trainable, total = _count_params(model)
+    trainable, total = count_params(model)
     counter = _Throughput()
     trainer = _trainer_class()(
         model=model, args=_training_arguments(settings, output_dir), train_dataset=SFTDataset(sft),
-        data_collator=functools.partial(pad_batch, pad_id=_pad_id(tokenizer)),
+        data_collator=functools.partial(pad_batch, pad_id=pad_id(tokenizer)),
         callbacks=[_log_callback(counter, on_log)], sampling=_sampling(settings, sft),
         counter=counter)
     output = trainer.train()
@@ -220,7 +220,7 @@ def save_model(model: Any, tokenizer: Any, folder: Path) -> Path:
     return folder
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_id(tokenizer: Any) -> int:
     """The tokenizer's pad id, else its end-of-sequence id (padding is masked anyway)."""
     for name in ("pad_token_id", "eos_token_id"):
         value = getattr(tokenizer, name, None)
@@ -305,7 +305,7 @@ def _linear_module_names(model: Any) -> set[str]:
                          or type(module).__name__ == "Conv1D")}
 
 
-def _count_params(model: Any) -> tuple[int, int]:
+def count_params(model: Any) -> tuple[int, int]:
     """(trainable, all) parameter counts."""
     params = list(model.parameters())
     return (sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
