@@ -181,4 +181,3 @@ def read_vectors(table: pa.Table) -> tuple[pa.Array, np.ndarray]:
     vector = table.column(VECTOR).combine_chunks()
     matrix = vector.flatten().to_numpy().reshape(len(vector), vector.type.list_size)
     return table.column(ID).combine_chunks(), matrix
-
