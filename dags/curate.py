@@ -5,6 +5,11 @@ maximum delay), each stage's timeout and pool come from params.yaml; each task r
 through the shared runner (DVC + MLflow) and links to its MLflow run. The last stage updates the
 curated-data Asset, which schedules DAG `train`. The DAG starts unpaused: it runs on its
 schedule from the first `make airflow` on.
+
+A stage with `pipelines.curate.shards.<stage>` > 1 (embed, select) is preceded by a dynamically
+mapped task `<stage>_shards`, one instance per shard, which fills the stage's cache (embeddings,
+ratings) after the stage's upstream; the stage then finds every row cached. With 1 (the default)
+the DAG has no such task.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from datetime import datetime
 
 from airflow.sdk import DAG
 
-from tasks.airflow_tasks import curated_asset, default_args, finish, stage_task
+from tasks.airflow_tasks import curated_asset, default_args, finish, shard_task, stage_task
 from tasks.config import pipeline
 
 SPEC = pipeline("curate")
@@ -34,6 +39,11 @@ with DAG(
     for i, stage in enumerate(SPEC.stages):
         last = i == len(SPEC.stages) - 1
         current = stage_task(SPEC, stage, outlets=[CURATED] if last else [])
+        if SPEC.stage_shards(stage) > 1:  # the shards fill the stage's cache first
+            shards = shard_task(SPEC, stage)
+            if previous is not None:
+                previous >> shards
+            previous = shards
         if previous is not None:
             previous >> current
         previous = current

@@ -246,6 +246,43 @@ def run_stage(stage: str, pipeline_name: str, **context) -> dict:
         return _run(stage, pipeline_name, context)
 
 
+# The pool of the mapped shard tasks (see `shard_task`): Airflow's own, not the workspace's.
+SHARD_POOL = "default_pool"
+
+
+def shard_task(spec: PipelineSpec, stage: str) -> Any:
+    """The dynamically mapped task that fills `stage`'s cache ahead of it, one task instance per
+    shard (`pipelines.<dag>.shards.<stage>` of them), with the stage's timeout.
+
+    The shards only read the workspace (the stage's input) and add files to the
+    content-addressed caches, so they neither take the workspace pool's single slot (there they
+    would run one at a time, and queue behind any other run's stage) nor the workspace lock:
+    they run in Airflow's `default_pool`, as many at once as the executor's parallelism allows.
+    """
+    count = spec.stage_shards(stage)
+    minutes = spec.stage_timeout_minutes(stage)
+    return fill_shard.override(
+        task_id=f"{stage}_shards",
+        pool=SHARD_POOL,
+        execution_timeout=timedelta(minutes=minutes) if minutes else None,
+    ).partial(stage=stage, of=count).expand(shard=list(range(count)))
+
+
+@task
+def fill_shard(stage: str, of: int, shard: int, **context) -> dict:
+    """Compute shard `shard` of `of` of a stage's rows into its cache (`python -m tasks.shards`,
+    in its own process); bad params or input are not retried."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tasks.shards import ShardRejected, run_shard
+
+    with task_log_file(context):
+        try:
+            return run_shard(stage, shard=shard, of=of)
+        except ShardRejected as exc:
+            raise AirflowFailException(str(exc)) from exc
+
+
 @task
 def apply_params(**context) -> dict:
     """Write a manual run's Params form values (those set) into params.yaml, checked by the

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from crediflow.config import MethodConfig
 
 C = TypeVar("C", bound="MethodConfig")
+# The stages whose cost grows with the data and whose rows tasks/shards.py can compute in
+# shards ahead of the stage, into their content-addressed caches (`pipelines.<dag>.shards`).
+SHARDED_STAGES = ("embed", "select")
 
 
 def _read_yaml(path: Path) -> dict:
@@ -99,10 +102,16 @@ class PipelineSpec:
     max_retry_delay_minutes: float = 60.0
     timeout_minutes: float = 60.0
     timeouts: dict[str, float] = field(default_factory=dict)
+    shards: dict[str, int] = field(default_factory=dict)
 
     def stage_timeout_minutes(self, stage: str) -> float:
         """The execution timeout of `stage`: its entry in `timeouts`, else `timeout_minutes`."""
         return float(self.timeouts.get(stage, self.timeout_minutes))
+
+    def stage_shards(self, stage: str) -> int:
+        """How many shards fill `stage`'s cache before it runs: its entry in `shards`, else 1
+        (no shards: the stage computes every row itself)."""
+        return self.shards.get(stage, 1)
 
 
 def _number(spec: dict, key: str, default: float, name: str) -> float:
@@ -141,7 +150,30 @@ def pipeline(name: str, root: Path | None = None) -> PipelineSpec:
         max_retry_delay_minutes=_number(spec, "max_retry_delay_minutes", 60, name),
         timeout_minutes=_number(spec, "timeout_minutes", 60, name),
         timeouts={stage: _number(timeouts, stage, 0, f"{name}.timeouts") for stage in timeouts},
+        shards=_shards(spec, name),
     )
+
+
+def _shards(spec: dict, name: str) -> dict[str, int]:
+    """A pipeline's `shards` ({stage: count}): stages of SHARDED_STAGES that the pipeline runs,
+    each with an integer count >= 1; anything else is a ConfigError naming the key."""
+    shards = spec.get("shards") or {}
+    if not isinstance(shards, dict):
+        raise ConfigError(f"expected a mapping of stage to shard count, got {shards!r}",
+                          source="params.yaml", section="pipelines", key=f"{name}.shards")
+    out = {}
+    for stage, count in shards.items():
+        key = f"{name}.shards.{stage}"
+        if stage not in SHARDED_STAGES or stage not in spec["stages"]:
+            runs = [s for s in SHARDED_STAGES if s in spec["stages"]]
+            raise ConfigError(f"only stages with a shard runner that this pipeline runs can be "
+                              f"sharded: {', '.join(runs) or 'none'}", source="params.yaml",
+                              section="pipelines", key=key)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(f"expected an integer >= 1, got {count!r}", source="params.yaml",
+                              section="pipelines", key=key)
+        out[stage] = count
+    return out
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,12 @@ def _class_move(move: str, classes: list[str]) -> str:
     return f"{classes[int(raw)]}->{classes[int(curated)]}"
 
 
+def stage_texts(records: pa.Table) -> list[str]:
+    """The text of each record that the rater rates (also what the shard runner,
+    tasks/shards.py, rates ahead of the stage)."""
+    return conversation_texts(records.column(MESSAGES_COLUMN))
+
+
 def run() -> dict:
     """Rate, curate and select the fixed records; publish them with the reports."""
     config = stage_config(SelectConfig)
@@ -50,7 +56,7 @@ def run() -> dict:
     records = catalog.read("fixed")
     vectors = catalog.vectors_for(records)
     budget_count(config.budget, records.num_rows)  # a budget too large fails before rating
-    rated = rate(conversation_texts(records.column(MESSAGES_COLUMN)), config,
+    rated = rate(stage_texts(records), config,
                  column=records.column(RATING).to_numpy(zero_copy_only=False),
                  cache_folder=catalog.cache("ratings"))
     result = curate_and_select(rated.rating, vectors, config.budget, bins=config.bins,
