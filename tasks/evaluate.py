@@ -2,8 +2,8 @@
 (made once by token_clean, never trained on: an overlap with the training records is
 refused), a fairness probe of each model (COMPAS questions; the group estimated from three
 weak proxies, the true gap alongside), each model's numbers logged against its registered
-version (MLflow logged-model metrics), and the gate that moves the registry alias
-`champion`.
+version (MLflow logged-model metrics; the stage's run has the evaluated logged models as its
+model inputs), and the gate that moves the registry alias `champion`.
 
 Run as `python -m tasks.evaluate` (the cmd of its DVC stage).
 """
@@ -47,7 +47,7 @@ from tasks.io import write_json
 from tasks.lineage import mlflow_module
 from tasks.plots import model_bars, model_table_csv
 from tasks.stage import stage_main
-from tasks.tracking import stage_run
+from tasks.tracking import log_model_inputs, stage_run
 
 log = logging.getLogger("crediflow.evaluate")
 CHAMPION = "champion"
@@ -174,7 +174,8 @@ def _fairness(models: dict[str, Any], tokenizers: dict[str, Any], rows: dict[str
 def _publish(registered: dict[str, dict], rows: dict[str, dict], decision: Decision,
              heldout_md5: str, chart: Path) -> dict:
     """Log each registered model's numbers against its version (logged-model metrics on the
-    held-out dataset), tag the versions with the gate's verdict, move `champion`."""
+    held-out dataset), record the evaluated logged models as the run's model inputs, tag the
+    versions with the gate's verdict, move `champion`."""
     mlflow = mlflow_module()
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
@@ -183,15 +184,20 @@ def _publish(registered: dict[str, dict], rows: dict[str, dict], decision: Decis
     heldout = MetaDataset(resolve_dataset_source(str(Catalog().path("heldout"))),
                           name="heldout", digest=heldout_md5)
     numeric = NUMERIC
+    versions = {role: client.get_model_version(reg["name"], str(reg["version"]))
+                for role, reg in registered.items()}
+    model_ids = {role: reg.get("model_id") or versions[role].model_id
+                 for role, reg in registered.items()}
     with stage_run("evaluate") as run:
+        log_model_inputs(run.info.run_id, [m for m in model_ids.values() if m])
         mlflow.log_input(heldout, context="evaluation")
         mlflow.log_artifact(str(chart), artifact_path="evaluate")
         mlflow.log_metrics({f"{role}.{k}": float(v) for role, row in rows.items()
                             for k, v in row.items() if k in numeric and v is not None})
         for role, reg in registered.items():
-            version = client.get_model_version(reg["name"], str(reg["version"]))
+            version = versions[role]
             values = {k: float(v) for k, v in rows[role].items() if k in numeric and v is not None}
-            model_id = reg.get("model_id") or version.model_id
+            model_id = model_ids[role]
             if model_id:
                 mlflow.log_metrics(values, run_id=run.info.run_id, model_id=model_id,
                                    dataset=heldout)

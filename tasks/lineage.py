@@ -4,6 +4,10 @@ A stage's child run carries its parameters, numeric metrics, report files, syste
 (CPU, memory, disk, network; GPU with nvidia-ml-py) sampled while the stage runs, and every data
 dependency and output as an MLflow dataset whose digest is the DVC hash from dvc.lock. Runs
 carry the URL of their Airflow run; the parent gets the whole dvc.lock when the pipeline ends.
+
+A tracking server (`MLFLOW_TRACKING_URI=http://...`) is checked before a stage starts
+(`check_tracking_server`): a bounded retry of its own, then one clear line
+(`TrackingUnavailable`) instead of MLflow's minutes of retries and a traceback.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ import json
 import logging
 import re
 import subprocess
+import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlparse
 
 from tasks.config import airflow_settings, load_params
 from tasks.settings import apply, project_root
@@ -36,6 +42,24 @@ STAGE_RUN_ENV = "CREDIFLOW_STAGE_RUN_ID"
 _ARTIFACT_MAX_BYTES = 10 << 20
 # System-metrics monitors of the stage runs open in this process, by run id.
 _MONITORS: dict[str, Any] = {}
+# The tracking-server check: this many attempts, the first retry after CHECK_FIRST_DELAY_S
+# seconds, each next one twice as late, each attempt waiting at most CHECK_TIMEOUT_S for an
+# answer (3 attempts: about 3 s when nothing listens). MLflow's own retries
+# (MLFLOW_HTTP_REQUEST_MAX_RETRIES, 7 by default, minutes) still apply to every other call.
+CHECK_ATTEMPTS = 3
+CHECK_FIRST_DELAY_S = 1.0
+CHECK_TIMEOUT_S = 10.0
+# The REST call the check makes: the smallest read of the tracking API (it needs the
+# credentials every other call needs).
+_CHECK_ENDPOINT = "/api/2.0/mlflow/experiments/search"
+# How long the end of a stage waits for its last system metrics to reach MLflow.
+_METRICS_FLUSH_S = 60.0
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server does not answer (down, unreachable, refusing the
+    credentials). Worth retrying later: the task fails without touching the workspace, and
+    Airflow retries it with its backoff."""
 
 
 def mlflow_module():
@@ -45,6 +69,69 @@ def mlflow_module():
     import mlflow
 
     return mlflow
+
+
+def tracking_uri() -> str:
+    """The tracking URI MLflow uses in this process (MLFLOW_TRACKING_URI, else the project's
+    local SQLite store)."""
+    return str(mlflow_module().get_tracking_uri())
+
+
+def _failure_reason(exc: BaseException) -> str:
+    """The cause of a failed request in a few words (\"connection refused\", \"timed out\")."""
+    text = str(exc)
+    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if found:
+        return found.group(1).strip().lower()
+    if "timed out" in text.lower() or "timeout" in type(exc).__name__.lower():
+        return "timed out"
+    return (text.splitlines() or [type(exc).__name__])[0][:200]
+
+
+def check_tracking_server(*, note: str = "", attempts: int = CHECK_ATTEMPTS,
+                          first_delay_s: float = CHECK_FIRST_DELAY_S,
+                          timeout_s: float = CHECK_TIMEOUT_S) -> None:
+    """Make sure the tracking server of an http(s) tracking URI answers, trying `attempts`
+    times with a doubling delay; raise TrackingUnavailable with one line (the URI, the cause,
+    the fix, then `note`) when it never does. A local store (sqlite, file) needs no server:
+    nothing is checked."""
+    uri = tracking_uri()
+    if urlparse(uri).scheme not in ("http", "https"):
+        return
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(uri)
+    delay, started, reason = first_delay_s, time.monotonic(), ""
+    for attempt in range(1, attempts + 1):
+        try:
+            response = http_request(creds, _CHECK_ENDPOINT, "GET", max_retries=0,
+                                    backoff_factor=0, backoff_jitter=0, timeout=timeout_s,
+                                    raise_on_status=False, params={"max_results": 1})
+        except Exception as exc:  # noqa: BLE001 - any failure to connect is the answer
+            reason = _failure_reason(exc)
+        else:
+            if response.status_code == 200:
+                return
+            if response.status_code in (401, 403):
+                raise TrackingUnavailable(
+                    f"the MLflow tracking server {uri} refused the credentials (HTTP "
+                    f"{response.status_code}): set MLFLOW_TRACKING_USERNAME and "
+                    f"MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+                    + (f"; {note}" if note else ""))
+            reason = f"HTTP {response.status_code}"
+        if attempt < attempts:
+            log.warning("MLflow tracking server %s: %s (attempt %d of %d), trying again in "
+                        "%.0f s", uri, reason, attempt, attempts, delay)
+            time.sleep(delay)
+            delay *= 2
+    tries = (f"{attempts} attempts in {time.monotonic() - started:.0f} s" if attempts > 1
+             else "one attempt")
+    raise TrackingUnavailable(
+        f"the MLflow tracking server {uri} does not answer ({reason}, {tries}): start it "
+        f"(`make mlflow` serves the project's store on port 5000) or point "
+        f"MLFLOW_TRACKING_URI at a server that runs (unset: the local SQLite store)"
+        + (f"; {note}" if note else ""))
 
 
 def mlflow_settings(root: Path | None = None) -> dict[str, Any]:
@@ -186,10 +273,29 @@ def _stage_tags(client: Any, stage: str, parent_id: str) -> dict[str, str]:
                    "mlflow.parentRunId": parent_id}
 
 
+def close_stale_stage_runs(stage: str, parent_id: str) -> list[str]:
+    """Mark FAILED the runs of `stage` under `parent_id` still RUNNING: an earlier attempt
+    that ended without closing its run (the tracking server went away, the task was killed);
+    return their ids. One attempt of a stage runs at a time, so none of them is alive."""
+    client = mlflow_module().MlflowClient()
+    stale = client.search_runs(
+        [experiment_id()],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`crediflow.stage` = "
+                      f"'{stage}' and attributes.status = 'RUNNING'")
+    for run in stale:
+        client.set_tag(run.info.run_id, "crediflow.error",
+                       "this attempt ended without closing its run (tracking server gone or "
+                       "task killed); a later attempt replaced it")
+        client.set_terminated(run.info.run_id, "FAILED")
+    return [run.info.run_id for run in stale]
+
+
 def start_stage_run(stage: str, parent_id: str) -> str:
     """Open the stage's child run before the stage starts (real durations, live metrics) and
-    start sampling system metrics into it until `log_stage` closes it."""
+    start sampling system metrics into it until `log_stage` closes it; earlier attempts left
+    RUNNING are closed as FAILED first."""
     client = mlflow_module().MlflowClient()
+    close_stale_stage_runs(stage, parent_id)
     run_id = client.create_run(experiment_id(), run_name=stage,
                                tags=_stage_tags(client, stage, parent_id)).info.run_id
     start_system_metrics(run_id)
@@ -214,19 +320,32 @@ def start_system_metrics(run_id: str) -> None:
     _MONITORS[run_id] = monitor
 
 
-def stop_system_metrics(run_id: str) -> None:
+def stop_system_metrics(run_id: str, wait_s: float = _METRICS_FLUSH_S) -> None:
     """Stop sampling into `run_id`, logging the samples taken since the last interval (a stage
-    shorter than one interval still gets its system metrics)."""
+    shorter than one interval still gets its system metrics). Waits at most `wait_s` seconds
+    for MLflow: a tracking server that went away does not hold the stage's end for the
+    minutes of MLflow's own retries (the samples are then dropped)."""
     monitor = _MONITORS.pop(run_id, None)
     if monitor is None:
         return
-    try:
-        monitor.finish()
-        monitor.collect_metrics()
-        monitor.publish_metrics(monitor.aggregate_metrics())
-        monitor.mlflow_logger.flush()
-    except Exception as exc:  # noqa: BLE001 - metrics must never fail a stage
-        log.warning("could not log the last system metrics of MLflow run %s: %s", run_id, exc)
+
+    def last_samples() -> None:
+        try:
+            monitor.finish()
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+        except Exception as exc:  # noqa: BLE001 - metrics must never fail a stage
+            log.warning("could not log the last system metrics of MLflow run %s: %s",
+                        run_id, exc)
+
+    worker = threading.Thread(target=last_samples, name=f"system-metrics-{run_id}",
+                              daemon=True)
+    worker.start()
+    worker.join(wait_s)
+    if worker.is_alive():
+        log.warning("MLflow took more than %.0f s for the last system metrics of run %s; "
+                    "they are dropped", wait_s, run_id)
 
 
 def find_stage_run(dag_id: str, run_id: str, stage: str) -> str | None:
@@ -267,48 +386,51 @@ def log_stage(
     run_id: str | None = None,
 ) -> str:
     """Record one stage as a child run of `parent_id` (the one `start_stage_run` opened, when
-    given); return the child's run id."""
+    given); return the child's run id.
+
+    Everything goes through MlflowClient calls on the run's id, never MLflow's active-run
+    state: when the tracking server goes away half-way, the error comes back once (no
+    `end_run` on the way out, none at the interpreter's exit, each with its own retries)."""
     mlflow = mlflow_module()
     from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     if run_id:
         stop_system_metrics(run_id)  # the stage's work is over
-    from mlflow.data.meta_dataset import MetaDataset
-
     root = project_root()
     client = mlflow.MlflowClient()
     tags = _stage_tags(client, stage, parent_id) | {"dvc.skipped": str(skipped).lower()}
-    status = "FAILED" if error else "FINISHED"
-    opened = (mlflow.start_run(run_id=run_id) if run_id else
-              mlflow.start_run(experiment_id=experiment_id(), run_name=stage,
-                               parent_run_id=parent_id))
-    with opened as run:
-        mlflow.set_tags(tags)
-        if error:
-            mlflow.set_tag("crediflow.error", error[-4000:])
-        lock = lock or {}
-        params = flatten(lock.get("params", {}).get("params.yaml", {}))
-        if params:
-            mlflow.log_params({k: json.dumps(v) if isinstance(v, list | dict) else v
-                               for k, v in params.items()})
-        for context, entries in (("input", lock.get("deps", [])), ("output", lock.get("outs", []))):
-            for entry in entries:
-                if not _is_data(entry["path"]):
-                    continue
-                source = resolve_dataset_source(str(root / entry["path"]))
-                dataset = MetaDataset(source, name=entry["path"], digest=entry["md5"])
-                mlflow.log_input(dataset, context=context)
-                if context == "output":
-                    client.set_tag(parent_id, f"dvc.{entry['path']}", entry["md5"])
-                    path = root / entry["path"]
-                    if path.is_file() and path.stat().st_size <= _ARTIFACT_MAX_BYTES:
-                        mlflow.log_artifact(str(path),
-                                            artifact_path=str(Path(entry["path"]).parent))
-        numbers, resolved = _report_values(root, metrics_files)
-        if resolved:
-            mlflow.log_params(resolved)
-        if numbers:
-            mlflow.log_metrics(numbers)
-        mlflow.log_dict(lock, "dvc_stage.json")
-    client.set_terminated(run.info.run_id, status)
-    return run.info.run_id
+    if error:
+        tags["crediflow.error"] = error[-4000:]
+    if not run_id:
+        run_id = client.create_run(experiment_id(), run_name=stage, tags=tags).info.run_id
+    lock = lock or {}
+    params = {k: json.dumps(v) if isinstance(v, list | dict) else v
+              for k, v in flatten(lock.get("params", {}).get("params.yaml", {})).items()}
+    numbers, resolved = _report_values(root, metrics_files)
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()],
+                     params=[Param(k, str(v)) for k, v in (params | resolved).items()],
+                     metrics=[Metric(k, v, now, 0) for k, v in numbers.items()])
+    datasets = []
+    for context, entries in (("input", lock.get("deps", [])), ("output", lock.get("outs", []))):
+        for entry in entries:
+            if not _is_data(entry["path"]):
+                continue
+            source = resolve_dataset_source(str(root / entry["path"]))
+            dataset = MetaDataset(source, name=entry["path"], digest=entry["md5"])
+            datasets.append(DatasetInput(dataset._to_mlflow_entity(),
+                                         tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+            if context == "output":
+                client.set_tag(parent_id, f"dvc.{entry['path']}", entry["md5"])
+                path = root / entry["path"]
+                if path.is_file() and path.stat().st_size <= _ARTIFACT_MAX_BYTES:
+                    client.log_artifact(run_id, str(path),
+                                        artifact_path=str(Path(entry["path"]).parent))
+    if datasets:
+        client.log_inputs(run_id, datasets=datasets)
+    client.log_dict(run_id, lock, "dvc_stage.json")
+    client.set_terminated(run_id, "FAILED" if error else "FINISHED")
+    return run_id

@@ -14,7 +14,9 @@ Where each link comes from:
 - the run that made an upstream output is found through the pipeline runs' `dvc.<path>`
   tags (the run that first produced that hash, not one where DVC skipped the stage); when a
   hash is not known (a file read from inside a directory output), the newest run of that
-  stage that started before its consumer stands in.
+  stage that started before its consumer stands in;
+- the logged models a stage run read (prune: the fine-tuned model; evaluate: each model it
+  measured) are its MLflow model inputs, shown with their registered versions.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class Link:
     mlflow_run: str = ""
     mlflow_url: str = ""
     note: str = ""
+    # the logged models the stage run read (MLflow model inputs): NAME/VERSION (MODEL_ID)
+    model_inputs: list[str] = field(default_factory=list)
 
 
 def _client() -> Any:
@@ -152,6 +156,33 @@ def find_producer_run(stage: str, out: str, md5: str | None, before: int) -> Any
     return runs[0] if runs else None
 
 
+def _model_name(client: Any, model_id: str) -> str:
+    """A logged model as `NAME/VERSION (MODEL_ID)` when a registered version holds it, else
+    its model id."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        logged = client.get_logged_model(model_id)
+        versions = client.search_model_versions(f"run_id = '{logged.source_run_id}'")
+    except MlflowException:
+        return model_id
+    for version in versions:
+        # a version of a logged model: its model_id, or (the SQL store leaves that empty) its
+        # source models:/MODEL_ID
+        source = str(version.source or "").removeprefix("models:/")
+        if model_id in (getattr(version, "model_id", None), source):
+            return f"{version.name}/{version.version} ({model_id})"
+    return model_id
+
+
+def model_inputs(run_id: str) -> list[str]:
+    """The logged models run `run_id` records as its inputs, named as `_model_name` does."""
+    client = _client()
+    run = client.get_run(run_id)
+    return [_model_name(client, m.model_id)
+            for m in (run.inputs.model_inputs if run.inputs else [])]
+
+
 def _run_link(run: Any, stage: str, lock: dict) -> Link:
     tags = run.data.tags
     exp = run.info.experiment_id
@@ -161,7 +192,8 @@ def _run_link(run: Any, stage: str, lock: dict) -> Link:
                 git_commit=tags.get("git.commit", ""), airflow_run=tags.get("airflow.run_id", ""),
                 mlflow_run=run.info.run_id,
                 mlflow_url=run_url(run.info.run_id, exp),
-                note="DVC skipped it (unchanged)" if tags.get("dvc.skipped") == "true" else "")
+                note="DVC skipped it (unchanged)" if tags.get("dvc.skipped") == "true" else "",
+                model_inputs=model_inputs(run.info.run_id))
 
 
 def _model_link(version: Any) -> Link:
@@ -241,6 +273,8 @@ def as_text(links: list[Link]) -> str:
         lines += [f"     {path}  {md5}" for path, md5 in link.outputs.items()]
         if link.params:
             lines.append(f"     params: {_params_line(link.params)}")
+        if link.model_inputs:
+            lines.append(f"     model inputs: {', '.join(link.model_inputs)}")
         facts = [f"git {link.git_commit[:12]}" if link.git_commit else "",
                  f"airflow run {link.airflow_run}" if link.airflow_run else "",
                  f"mlflow run {link.mlflow_run}" if link.mlflow_run else ""]

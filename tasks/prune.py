@@ -1,7 +1,8 @@
 """Stage `prune`: the fine-tuned model without the decoder layers a selector picks (Lu et al.,
 "Reassessing Layer Pruning in LLMs"), trained again on the token-cleaned records through the
 finetune stage's training code (partial-layer by default, or LoRA), published and registered
-(alias `pruned`).
+(alias `pruned`); its MLflow run has the fine-tuned logged model as its model input and the
+pruned one as its output.
 
 Run as `python -m tasks.prune` (the cmd of its DVC stage).
 """
@@ -33,7 +34,7 @@ from tasks.catalog import Catalog
 from tasks.config import stage_config
 from tasks.io import write_json
 from tasks.stage import stage_main
-from tasks.tracking import live_logger, register_stage_model
+from tasks.tracking import live_logger, register_stage_model, reported_model_id
 from tasks.training_data import training_records
 
 log = logging.getLogger("crediflow.prune")
@@ -80,8 +81,14 @@ def run() -> dict:
                 "records": len(cleaned), "resolved": describe(device, precision)}
     with catalog.publish("prune") as out:
         save_model(pruned, tokenizer, out.pending)
+    # the fine-tuned logged model it was made from: the prune run's model input in MLflow
+    finetuned = reported_model_id(catalog.reports("finetune") / "metrics.json")
+    if finetuned is None:
+        log.warning("the finetune stage's report names no logged model: the prune run gets "
+                    "no model input")
     metrics["registered"] = register_stage_model(
         Path(catalog.folder("pruned")), stage="prune", upstream=UPSTREAM,
+        inputs=(finetuned,) if finetuned else (),
         extra={"prune.selector": config.selector, "prune.removed_layers": remove,
                "prune.finetune": config.finetune,
                "heldout_loss": f"{metrics['heldout_loss']:.6f}"},

@@ -5,16 +5,26 @@ nothing it depends on changed, and records its hashes in dvc.lock; then the stag
 to MLflow as a child of the pipeline's run. When params.yaml names a DVC remote (`dvc.remote`),
 a pipeline run that finished every stage pushes its stages' outputs there (`Repo.push`), so
 that `crediflow restore RUN` can bring them back on any machine.
+
+An MLflow tracking server that does not answer stops a task before any DVC work, with one
+line naming the URI and the fix (`TrackingUnavailable`, exit status EXIT_TRACKING_UNAVAILABLE,
+which Airflow retries with its backoff; 65 is the status it does not retry). A stage that
+fails (the server going away half-way included) leaves its outputs as dvc.lock records them:
+DVC's cache gives back the cached ones, a copy taken before the run the others.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections import deque
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,11 +33,15 @@ import yaml
 
 from crediflow.errors import ConfigError
 from tasks import lineage
-from tasks.config import load_params, pipeline, stage_metrics
+from tasks.config import dvc_stages, load_params, pipeline, stage_metrics
+from tasks.lineage import TrackingUnavailable
 from tasks.settings import apply, project_root
 from tasks.stage import EXIT_BAD_INPUT
 
 log = logging.getLogger("crediflow.runner")
+# The exit status when the MLflow tracking server does not answer (sysexits' EX_UNAVAILABLE):
+# worth retrying, unlike EXIT_BAD_INPUT.
+EXIT_TRACKING_UNAVAILABLE = 69
 SKIPPED_MARK = "didn't change, skipping"
 # The name DVC knows params.yaml's remote by when `dvc.remote` is a folder or a URL (in memory
 # only: nothing is written to .dvc/config).
@@ -108,18 +122,128 @@ def lock_entry(stage: str, root: Path | None = None) -> dict | None:
     return (yaml.safe_load(path.read_text()) or {}).get("stages", {}).get(stage)
 
 
-def run_stage(stage: str, *, pipeline_name: str, dag_id: str, run_id: str) -> dict:
-    """Run one stage and log it under the pipeline run; raise StageFailed on failure."""
-    parent = lineage.pipeline_run(pipeline_name, dag_id, run_id)
-    child = lineage.start_stage_run(stage, parent)
+def _declares_uncached(stage: str, root: Path | None = None) -> bool:
+    """Whether dvc.yaml declares an output of `stage` with `cache: false` (read without DVC)."""
+    declared = dvc_stages(root).get(stage, {})
+    entries = [*declared.get("outs", []), *declared.get("metrics", []), *declared.get("plots", [])]
+    return any(isinstance(entry, dict) and any(isinstance(opts, dict) and opts.get("cache") is False
+                                               for opts in entry.values())
+               for entry in entries)
+
+
+def stage_outputs(stage: str, root: Path | None = None) -> dict[str, bool]:
+    """Every output dvc.yaml declares for `stage` (metrics and plots included), as a
+    project-relative path -> whether DVC caches it."""
+    root = root or project_root()
+    with open_repo(root) as repo:
+        stages = repo.stage.collect(f"{root / 'dvc.yaml'}:{stage}")
+        return {str(out.def_path): bool(out.use_cache) for found in stages for out in found.outs}
+
+
+def keep_uncached(outputs: dict[str, bool], folder: Path, root: Path | None = None
+                  ) -> dict[str, bool]:
+    """Copy the outputs DVC does not cache (`outputs`: path -> cached) into `folder`, so that
+    a failed run can put them back; return path -> whether it existed."""
+    root = root or project_root()
+    kept = {}
+    for path, cached in outputs.items():
+        if cached:
+            continue
+        source, copy = root / path, folder / path
+        kept[path] = source.exists()
+        if source.is_dir():
+            shutil.copytree(source, copy, symlinks=True)
+        elif source.exists():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, copy)
+    return kept
+
+
+def put_back(stage: str, outputs: dict[str, bool], folder: Path, kept: dict[str, bool],
+             root: Path | None = None) -> bool:
+    """Return the outputs of a failed run of `stage` to what dvc.lock records: the cached ones
+    checked out of DVC's cache, the others (`kept` by `keep_uncached` in `folder`) copied
+    back. False when dvc.lock has no entry for the stage (nothing recorded to go back to)."""
+    from dvc.exceptions import DvcException
+
+    root = root or project_root()
+    if lock_entry(stage, root) is None:
+        return False
+    cached = [str(root / path) for path, is_cached in outputs.items() if is_cached]
     try:
-        skipped = dvc_repro(stage, env={lineage.STAGE_RUN_ENV: child})
-    except StageFailed as exc:
-        lineage.log_stage(stage, parent, lock_entry(stage), skipped=False, error=str(exc),
-                          run_id=child)
+        if cached:
+            with open_repo(root) as repo:
+                repo.checkout(targets=cached, force=True)
+    except (DvcException, OSError) as exc:  # e.g. the cache lost a file (dvc gc)
+        log.warning("stage %s failed and its outputs could not be put back: %s", stage, exc)
+        return False
+    for path, existed in kept.items():
+        target, copy = root / path, folder / path
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        if existed and copy.is_dir():
+            shutil.copytree(copy, target, symlinks=True)
+        elif existed:
+            shutil.copy2(copy, target)
+    log.info("stage %s failed: its outputs are back as dvc.lock records them", stage)
+    return True
+
+
+def _raise_if_tracking_gone(note: str, stage_run: str | None = None) -> None:
+    """Raise TrackingUnavailable (ending with `note`) when the tracking server does not
+    answer now (one attempt), after dropping the stage run's system metrics."""
+    try:
+        lineage.check_tracking_server(attempts=1, note=note)
+    except TrackingUnavailable:
+        if stage_run:
+            lineage.stop_system_metrics(stage_run, wait_s=0)
         raise
-    lineage.log_stage(stage, parent, lock_entry(stage), skipped=skipped,
-                      metrics_files=stage_metrics(stage), run_id=child)
+
+
+@contextlib.contextmanager
+def _tracking(note: str, stage_run: str | None = None) -> Iterator[None]:
+    """MLflow calls whose failure, when the tracking server stopped answering, becomes
+    TrackingUnavailable ending with `note` (what became of the stage); other failures pass."""
+    try:
+        yield
+    except (StageFailed, TrackingUnavailable):
+        raise
+    except Exception:
+        _raise_if_tracking_gone(note, stage_run)  # raises when the server is gone
+        raise
+
+
+def run_stage(stage: str, *, pipeline_name: str, dag_id: str, run_id: str) -> dict:
+    """Run one stage and log it under the pipeline run. Raises TrackingUnavailable, before
+    any DVC work, when the tracking server does not answer; StageFailed when the stage fails,
+    after putting its outputs back as dvc.lock records them."""
+    untouched = f"stage {stage} did not run and the workspace is unchanged"
+    lineage.check_tracking_server(note=untouched)
+    with _tracking(untouched):
+        parent = lineage.pipeline_run(pipeline_name, dag_id, run_id)
+        child = lineage.start_stage_run(stage, parent)
+    # DVC is opened for the outputs' list only when some must be copied now (uncached ones)
+    outputs = stage_outputs(stage) if _declares_uncached(stage) else None
+    with tempfile.TemporaryDirectory(prefix=f"crediflow-{stage}-") as folder:
+        kept = keep_uncached(outputs or {}, Path(folder))
+        try:
+            skipped = dvc_repro(stage, env={lineage.STAGE_RUN_ENV: child})
+        except StageFailed as exc:
+            back = not isinstance(exc, InputRejected) and put_back(
+                stage, stage_outputs(stage) if outputs is None else outputs, Path(folder), kept)
+            failed = (f"stage {stage} failed and its outputs are back as dvc.lock records "
+                      f"them" if back else f"stage {stage} failed and dvc.lock is unchanged")
+            _raise_if_tracking_gone(failed, child)
+            with _tracking(failed, child):
+                lineage.log_stage(stage, parent, lock_entry(stage), skipped=False,
+                                  error=str(exc), run_id=child)
+            raise
+    with _tracking(f"stage {stage} finished and dvc.lock records its outputs (a retry finds "
+                   f"it unchanged); only its MLflow run is incomplete", child):
+        lineage.log_stage(stage, parent, lock_entry(stage), skipped=skipped,
+                          metrics_files=stage_metrics(stage), run_id=child)
     return {"stage": stage, "skipped": skipped, "mlflow_run_id": child, "mlflow_parent_id": parent,
             "rows": _rows(stage)}
 
@@ -200,11 +324,15 @@ def finish(*, dag_id: str, run_id: str, pipeline_name: str,
     every stage finished and params.yaml names a DVC remote, push the stages' outputs first
     (tags `dvc.remote` and `dvc.pushed` on the parent run).
 
-    Raises StageFailed in the failed case, so that the DAG run fails too, and PushFailed
-    when the push failed (the parent run is FAILED until a retry pushes).
+    Raises StageFailed in the failed case, so that the DAG run fails too, PushFailed
+    when the push failed (the parent run is FAILED until a retry pushes), and
+    TrackingUnavailable when the tracking server does not answer (nothing pushed).
     """
-    parent = lineage.pipeline_run(pipeline_name, dag_id, run_id)
-    done = lineage.finished_stages(parent)
+    open_run = f"pipeline run {run_id} is not closed yet and nothing was pushed"
+    lineage.check_tracking_server(note=open_run)
+    with _tracking(open_run):
+        parent = lineage.pipeline_run(pipeline_name, dag_id, run_id)
+        done = lineage.finished_stages(parent)
     missing = [s for s in expected_stages if s not in done]
     if missing:
         lineage.finish_pipeline_run(parent, failed=True)
@@ -225,21 +353,26 @@ def finish(*, dag_id: str, run_id: str, pipeline_name: str,
 
 
 def run_pipeline(name: str, run_id: str | None = None) -> str:
-    """Run every stage of a pipeline in order without Airflow; return the MLflow parent run id."""
+    """Run every stage of a pipeline in order without Airflow; return the MLflow parent run id.
+    Without an answering tracking server it raises TrackingUnavailable and leaves the parent
+    run open (closing it needs the server)."""
     run_id = run_id or f"manual__{datetime.now(UTC):%Y-%m-%dT%H:%M:%S}"
     stages = pipeline(name).stages
     try:
         for stage in stages:
             run_stage(stage, pipeline_name=name, dag_id=name, run_id=run_id)
-    finally:
-        parent = finish(dag_id=name, run_id=run_id, pipeline_name=name, expected_stages=stages)
-    return parent
+    except TrackingUnavailable:
+        raise
+    except BaseException:
+        finish(dag_id=name, run_id=run_id, pipeline_name=name, expected_stages=stages)
+        raise
+    return finish(dag_id=name, run_id=run_id, pipeline_name=name, expected_stages=stages)
 
 
 def _main_stage(pipeline_name: str, stage: str, dag_id: str, run_id: str) -> None:
     """`--stage`: run one stage as a task of the pipeline run `run_id` (what a container task
     runs); print its result as JSON; exit with the stage's bad-input code when it refused its
-    input."""
+    input, with EXIT_TRACKING_UNAVAILABLE when the tracking server does not answer."""
     import json
 
     if stage not in pipeline(pipeline_name).stages:
@@ -251,6 +384,9 @@ def _main_stage(pipeline_name: str, stage: str, dag_id: str, run_id: str) -> Non
         sys.exit(EXIT_BAD_INPUT)
     except StageFailed as exc:
         sys.exit(str(exc))
+    except TrackingUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_TRACKING_UNAVAILABLE)
     print(json.dumps(result))
 
 
@@ -273,6 +409,9 @@ def main(argv: list[str] | None = None) -> None:
         parent = run_pipeline(args.pipeline)
     except (StageFailed, PushFailed) as exc:
         sys.exit(str(exc))
+    except TrackingUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_TRACKING_UNAVAILABLE)
     print(f"MLflow parent run: {parent}")
 
 

@@ -1,5 +1,6 @@
 """MLflow from inside a stage's process: live metrics into the child run that the runner opened
-before the stage started (`CREDIFLOW_STAGE_RUN_ID`), and models into the registry.
+before the stage started (`CREDIFLOW_STAGE_RUN_ID`), models into the registry, and the logged
+models a stage read as its run's model inputs (MLflow 3's `LoggedModelInput`).
 
 A stage run by `dvc repro` alone has no such run: it logs nothing live, and a model it makes
 is registered under a run of its own.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ def stage_run_id() -> str | None:
 
 def live_logger(prefix: str = "") -> Callable[[dict], None] | None:
     """A function that logs a step's numbers (loss, learning rate, ...) to the stage's run
-    right away, so the curves grow while the stage runs; None without a stage run."""
+    right away, so the curves grow while the stage runs; None without a stage run. After a
+    failed call (the tracking server gone, once MLflow's own retries are spent) it stops
+    logging: training goes on without waiting for MLflow at every step."""
     run_id = stage_run_id()
     if run_id is None:
         return None
@@ -36,8 +39,11 @@ def live_logger(prefix: str = "") -> Callable[[dict], None] | None:
     from mlflow.entities import Metric
 
     client = mlflow.MlflowClient()
+    failed: list[str] = []
 
     def log_step(values: dict) -> None:
+        if failed:
+            return
         step = int(values.get("step", 0))
         now = int(time.time() * 1000)
         metrics = [Metric(f"{prefix}{k}", float(v), now, step) for k, v in values.items()
@@ -45,7 +51,9 @@ def live_logger(prefix: str = "") -> Callable[[dict], None] | None:
         try:
             client.log_batch(run_id, metrics=metrics)
         except Exception as exc:  # noqa: BLE001 - tracking must never stop a training run
-            log.warning("could not log live metrics to MLflow: %s", exc)
+            failed.append(str(exc))
+            log.warning("could not log live metrics to MLflow (no more live metrics for this "
+                        "stage): %s", exc)
 
     return log_step
 
@@ -59,17 +67,42 @@ def stage_run(name: str) -> Any:
             mlflow.start_run(experiment_id=experiment_id(), run_name=name))
 
 
+def log_model_inputs(run_id: str, model_ids: Iterable[str]) -> list[str]:
+    """Record logged models (by model id) as inputs of run `run_id`: the models a stage read
+    (MLflow's run page lists them under "Logged models", marked as inputs). A model the run
+    already has as an input or an output is not added again; return the ids added."""
+    mlflow = mlflow_module()
+    from mlflow.entities import LoggedModelInput
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    known = {m.model_id for m in (run.inputs.model_inputs if run.inputs else [])}
+    known |= {m.model_id for m in (run.outputs.model_outputs if run.outputs else [])}
+    new = [model_id for model_id in dict.fromkeys(model_ids) if model_id and model_id not in known]
+    if new:
+        client.log_inputs(run_id, models=[LoggedModelInput(model_id) for model_id in new])
+    return new
+
+
+def model_inputs(run_id: str) -> list[str]:
+    """The logged models run `run_id` records as its inputs (model ids)."""
+    run = mlflow_module().MlflowClient().get_run(run_id)
+    return [m.model_id for m in (run.inputs.model_inputs if run.inputs else [])]
+
+
 def register_model(folder: Path, *, name: str, tags: dict[str, str], aliases: tuple[str, ...],
-                   description: str = "") -> dict[str, Any]:
+                   description: str = "", inputs: tuple[str, ...] = ()) -> dict[str, Any]:
     """Log the saved model in `folder` with MLflow's transformers flavour (safetensors) to the
-    stage's run, register it as a new version of `name` with `tags`, and point `aliases` at
-    it; return the version, run and URI."""
+    stage's run (the run's model output), record the logged models it was made from
+    (`inputs`, model ids) as the run's model inputs, register it as a new version of `name`
+    with `tags`, and point `aliases` at it; return the version, run, URI and model id."""
     mlflow = mlflow_module()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     with stage_run(f"{name} model") as run:
+        log_model_inputs(run.info.run_id, inputs)
         info = mlflow.transformers.log_model(
             transformers_model={"model": model, "tokenizer": tokenizer}, name="model",
             task="text-generation", save_pretrained=True,
@@ -99,10 +132,11 @@ def lineage_tags(lock: dict, upstream: tuple[str, ...], extra: dict[str, str]) -
 
 def register_stage_model(folder: Path, *, stage: str, upstream: tuple[str, ...],
                          extra: dict[str, str], aliases: tuple[str, ...],
-                         description: str) -> dict[str, Any]:
+                         description: str, inputs: tuple[str, ...] = ()) -> dict[str, Any]:
     """Register the model a stage published in `folder` under params.yaml's
     `mlflow.registered_model`, tagged with the DVC hash of every `upstream` output, the git
-    commit, the Airflow run and `extra`."""
+    commit, the Airflow run and `extra`; `inputs` are the logged models (model ids) it was
+    made from, recorded as the stage run's model inputs."""
     mlflow = mlflow_module()
     run_id = stage_run_id()
     airflow_run = (mlflow.MlflowClient().get_run(run_id).data.tags.get("airflow.run_id", "")
@@ -112,4 +146,16 @@ def register_stage_model(folder: Path, *, stage: str, upstream: tuple[str, ...],
                                          **extra})
     name = load_params()["mlflow"].get("registered_model", "crediflow-sft")
     return register_model(Path(folder), name=name, tags=tags, aliases=aliases,
-                          description=description)
+                          description=description, inputs=inputs)
+
+
+def reported_model_id(report: Path) -> str | None:
+    """The logged model a stage registered, as its report (`metrics.json`, key `registered`)
+    names it; None when the report or the id is missing (a report from before MLflow 3)."""
+    import json
+
+    if not report.is_file():
+        return None
+    registered = json.loads(report.read_text()).get("registered")
+    model_id = registered.get("model_id") if isinstance(registered, dict) else None
+    return str(model_id) if model_id else None

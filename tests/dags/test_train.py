@@ -95,6 +95,32 @@ def _check_prune_and_promotion(project: Path, client, name: str, evaluate_run: s
     return champion
 
 
+def _check_model_inputs(project: Path, client, runs: dict) -> None:
+    """The chain in MLflow's logged models: finetune's run has the fine-tuned model as its
+    output, prune's has it as its input (and the pruned one as its output), evaluate's has
+    both as inputs; `crediflow lineage` shows prune's input with its registered version."""
+    from tasks.provenance import chain
+    from tasks.tracking import model_inputs
+
+    finetuned = json.loads((project / "reports/finetune/metrics.json").read_text())["registered"]
+    pruned = json.loads((project / "reports/prune/metrics.json").read_text())["registered"]
+
+    def outputs(stage: str) -> list[str]:
+        run = client.get_run(runs[stage].info.run_id)
+        return [m.model_id for m in run.outputs.model_outputs]
+
+    assert outputs("finetune") == [finetuned["model_id"]]
+    assert outputs("prune") == [pruned["model_id"]]
+    assert model_inputs(runs["prune"].info.run_id) == [finetuned["model_id"]]
+    assert sorted(model_inputs(runs["evaluate"].info.run_id)) == sorted(
+        [finetuned["model_id"], pruned["model_id"]])
+    links = chain(f"{pruned['name']}/{pruned['version']}")
+    assert [lk.name for lk in links[:3]] == [f"{pruned['name']}/{pruned['version']}", "prune",
+                                             "finetune"]
+    assert links[1].model_inputs == [
+        f"{finetuned['name']}/{finetuned['version']} ({finetuned['model_id']})"]
+
+
 def test_train_end_to_end_fixed_then_self_evolving(project) -> None:
     import mlflow
     from airflow.dag_processing.dagbag import DagBag
@@ -131,6 +157,7 @@ def test_train_end_to_end_fixed_then_self_evolving(project) -> None:
 
     champion = _check_prune_and_promotion(project, client, registered["name"],
                                           runs["evaluate"].info.run_id)
+    _check_model_inputs(project, client, runs)
 
     # a manual run with the Params form: its values reach the stages, DVC and MLflow
     manual = dag.test(run_conf={"mode": "self_evolving", "rho": 0.5, "min_speedup": 1000.0})
@@ -148,6 +175,7 @@ def test_train_end_to_end_fixed_then_self_evolving(project) -> None:
     assert "1000.00x" in evaluation["gate"]["reasons"]["pruned"]
     assert client.get_model_version_by_alias(registered["name"], "champion").version == (
         champion.version)
+    _check_model_inputs(project, client, _stage_runs(manual.run_id))  # the newer models
 
     # nothing changed: DVC skips both stages
     again = dag.test()
