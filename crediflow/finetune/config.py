@@ -2,7 +2,8 @@
 
 Defaults run on a laptop CPU (max length 512); the paper recipe for orientation is LoRA r=64,
 alpha=16, dropout 0.1 on all attention and MLP projections, learning rate 1e-4 with a linear
-schedule and 3% warm-up, 1 epoch, max length 2048, bf16.
+schedule and 3% warm-up, 1 epoch, max length 2048, bf16. `processes` and `machines` scale the
+finetune stage out through torchrun (crediflow/finetune/launch.py).
 """
 
 from __future__ import annotations
@@ -78,6 +79,14 @@ class FinetuneConfig(MethodConfig):
     compare_all_tokens: bool = option(True, "also fine-tune a copy of the base on every "
                                             "response token for the same steps, and report "
                                             "both held-out losses (does cleaning help?)")
+    processes: int = option(1, "training processes per machine (data-parallel through "
+                               "torchrun, one per GPU; batch_size is per process, so a step "
+                               "takes batch_size x grad_accum x processes x machines records; "
+                               "the finetune stage only: token_clean and prune train in one)",
+                            low=1)
+    machines: int = option(1, "machines that train together (torchrun's nnodes; the "
+                              "rendezvous comes from PET_MASTER_ADDR, PET_MASTER_PORT and "
+                              "PET_NODE_RANK on each machine)", low=1)
 
     def to_settings(self, precision: str) -> TrainSettings:
         """The training settings, with `precision` already resolved (fp32 or bf16)."""

@@ -15,6 +15,19 @@ our own: Trainer does the optimizer, schedule, accumulation, clipping, bf16 auto
 progress bar; this module adds a dataset over the flat arrays, the padding collator, seeded
 (length-grouped) shuffling, the token throughput and the per-log callback.
 
+Several processes (data-parallel, DDP): when the process runs inside a torchrun launch
+(`WORLD_SIZE` > 1 in its environment, see crediflow/finetune/launch.py), Trainer wraps the
+model in DistributedDataParallel itself (gloo on the CPU, nccl on GPUs) and
+`settings.batch_size` is per process. Every process draws the same seeded order of records
+and takes every world-size-th micro-batch of it, so an optimizer step sees the same records
+as one process with a batch `world_size` times larger: length grouping groups by the global
+batch (`batch_size * grad_accum * world_size`), not the per-process one. The loss is
+normalised by the label tokens of all processes together (`average_tokens_across_devices`),
+so the loss, the gradients and the logged numbers are those of the one-process run up to
+float rounding. Two things differ: dropout draws (each process draws its own masks) and, when
+the records do not fill the last global batch of an epoch, that batch (accelerate fills it up
+with records from the start of the epoch so that every process has one).
+
 torch, transformers and peft are imported inside the functions, so that importing this
 module (configs, the CLI) stays cheap.
 """
@@ -160,7 +173,9 @@ def train_sft(model: Any, tokenizer: Any, sft: TokenizedSFT, settings: TrainSett
     label tokens since the last log), learning_rate, grad_norm, tokens_per_second (non-pad
     tokens) and label_tokens_per_second. `output_dir` is Trainer's working folder (nothing is
     saved there; see `save_model`). Records without a trained token are refused (InputError);
-    a LoRA target the model lacks is a ConfigError naming the modules it has.
+    a LoRA target the model lacks is a ConfigError naming the modules it has. Inside a
+    torchrun launch every process calls it alike (data-parallel, see the module docstring);
+    the logged numbers and the token counts are those of all processes together.
     """
     from transformers import set_seed
 
@@ -229,6 +244,17 @@ def pad_id(tokenizer: Any) -> int:
     return 0
 
 
+def world_size() -> int:
+    """Processes of the torchrun launch this process belongs to (1 outside of one)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def process_rank() -> int:
+    """This process's global rank in its torchrun launch (0 outside of one): rank 0 is the
+    one that writes outputs."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 def _use_cpu(device: str) -> bool:
     import torch
 
@@ -238,10 +264,13 @@ def _use_cpu(device: str) -> bool:
 
 
 def _training_arguments(settings: TrainSettings, output_dir: Path) -> Any:
-    """TrainingArguments for `settings`: no checkpoints, no reporting, a progress bar."""
+    """TrainingArguments for `settings`: no checkpoints, no reporting, a progress bar; inside
+    a launch of several processes, DDP over gloo (CPU) or nccl (GPU) with the loss averaged
+    over the label tokens of all processes."""
     from transformers import TrainingArguments
 
     use_cpu = _use_cpu(settings.device)
+    backend = ("gloo" if use_cpu else "nccl") if world_size() > 1 else None
     return TrainingArguments(
         output_dir=str(output_dir), learning_rate=settings.learning_rate,
         num_train_epochs=float(settings.epochs), max_steps=settings.max_steps,
@@ -253,7 +282,8 @@ def _training_arguments(settings: TrainSettings, output_dir: Path) -> Any:
         max_grad_norm=settings.max_grad_norm, bf16=settings.precision == "bf16",
         use_cpu=use_cpu, dataloader_pin_memory=not use_cpu, seed=settings.seed,
         data_seed=settings.seed, logging_steps=settings.logging_steps, report_to="none",
-        disable_tqdm=False, save_strategy="no", remove_unused_columns=False)
+        disable_tqdm=False, save_strategy="no", remove_unused_columns=False,
+        ddp_backend=backend, average_tokens_across_devices=True)
 
 
 def _sampling(settings: TrainSettings, sft: TokenizedSFT) -> tuple[str, list[int] | None]:
@@ -330,13 +360,28 @@ class _Throughput:
         self.tokens, self.label_tokens, self.since = 0, 0, time.perf_counter()
 
     def take(self) -> tuple[int, int, float]:
-        """(tokens, label tokens, seconds) since the last take; starts counting anew."""
-        tokens, labels = int(self.tokens), int(self.label_tokens)
+        """(tokens, label tokens, seconds) since the last take, summed over every process of
+        a launch (every process calls it at the same step); starts counting anew."""
+        tokens, labels = _sum_over_processes(int(self.tokens), int(self.label_tokens))
         seconds = max(time.perf_counter() - self.since, 1e-9)
         self.total_tokens += tokens
         self.total_label_tokens += labels
         self.restart()
         return tokens, labels, seconds
+
+
+def _sum_over_processes(*values: int) -> tuple[int, ...]:
+    """`values` summed over the processes of the launch (as they are outside of one)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    device = (torch.device("cuda", torch.cuda.current_device())
+              if dist.get_backend() == "nccl" else torch.device("cpu"))
+    total = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(total)
+    return tuple(int(v) for v in total.tolist())
 
 
 def _log_callback(counter: _Throughput, on_log: Callable[[dict], None] | None) -> Any:
@@ -387,7 +432,10 @@ def _trainer_class() -> type:
                 return torch.utils.data.SequentialSampler(dataset)
             generator = torch.Generator().manual_seed(self.args.seed)
             if kind == "length":
-                size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+                # groups of one optimizer step of all processes: every process draws the same
+                # order, whatever the number of processes it is shared among
+                size = (self.args.train_batch_size * self.args.gradient_accumulation_steps
+                        * self.args.world_size)
                 return LengthGroupedSampler(size, lengths=lengths, generator=generator)
             return torch.utils.data.RandomSampler(dataset, generator=generator)
 
