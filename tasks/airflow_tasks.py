@@ -46,6 +46,10 @@ class MlflowRunLink(BaseOperatorLink):
         `ti_key.run_id` (the newest, after retries)."""
         from tasks import lineage
 
+        try:  # one quick try: the UI must not wait minutes on a server that is down
+            lineage.check_tracking_server(attempts=1, timeout_s=3)
+        except lineage.TrackingUnavailable:
+            return lineage.ui_url()
         experiment = lineage.experiment_id()
         run = lineage.find_stage_run(ti_key.dag_id, ti_key.run_id, ti_key.task_id)
         if run is None:
@@ -164,6 +168,7 @@ def on_stage_failure(context: dict) -> None:
     try:
         from tasks import lineage
 
+        lineage.check_tracking_server(attempts=1, timeout_s=5)  # not MLflow's minutes of retries
         run = lineage.find_stage_run(ti.dag_id, ti.run_id, ti.task_id)
         mlflow_run = lineage.run_url(run) if run else "none (the stage opened no run)"
     except Exception as exc:  # noqa: BLE001 - a callback must report, not fail

@@ -209,3 +209,23 @@ def test_a_failed_stage_s_outputs_go_back_to_what_dvc_lock_records(project) -> N
         assert put_back("ingest", outputs, Path(folder), kept)
     assert _snapshot(project) == before
     assert _dvc_up_to_date(project)
+
+
+def test_the_mlflow_link_and_the_failure_callback_do_not_wait_on_a_server_that_is_down(
+        monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from tasks import airflow_tasks
+    from tasks.settings import PROJECT_ROOT
+
+    monkeypatch.setenv("CREDIFLOW_HOME", str(PROJECT_ROOT))  # params.yaml is only read
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
+    key = SimpleNamespace(dag_id="curate", run_id=RUN_ID, task_id="ingest")
+    start = time.monotonic()
+    link = airflow_tasks.MlflowRunLink().get_link(None, ti_key=key)
+    ti = SimpleNamespace(dag_id="curate", run_id=RUN_ID, task_id="ingest", try_number=1)
+    airflow_tasks.on_stage_failure({"ti": ti, "exception": RuntimeError("boom")})
+    assert time.monotonic() - start < 20
+    assert link.startswith("http")
+    logged = capsys.readouterr()  # Airflow's structlog writes the callback's log to stdout
+    assert "MLflow run: unknown (the MLflow tracking server" in logged.out + logged.err
