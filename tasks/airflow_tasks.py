@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import importlib
 import io
 import logging
@@ -26,12 +25,8 @@ from typing import Any
 from airflow.sdk import Asset, BaseOperatorLink, task
 
 from tasks.config import PipelineSpec, airflow_settings
-from tasks.settings import project_root
 
 log = logging.getLogger("crediflow.airflow")
-# Held by the task that runs a stage, so that two runs never write the DVC workspace at once,
-# whichever pool their tasks are in (inside .dvc/tmp, which DVC keeps out of git).
-WORKSPACE_LOCK = Path(".dvc") / "tmp" / "crediflow-workspace.lock"
 LINK_NAME = "MLflow run"
 
 
@@ -124,34 +119,6 @@ def task_log_file(context: dict) -> Iterator[None]:
             root.removeHandler(handler)
 
 
-@contextlib.contextmanager
-def workspace_lock(holder: str) -> Iterator[None]:
-    """Hold the project's DVC workspace while a stage runs; wait (and say for whom) while
-    another run's stage holds it. Nothing to hold in a folder without DVC."""
-    root = project_root()
-    if not (root / ".dvc").is_dir():
-        yield
-        return
-    path = root / WORKSPACE_LOCK
-    path.parent.mkdir(exist_ok=True)
-    with path.open("a+", encoding="utf-8") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder_now = fh.read().strip() or "another run"
-            log.info("waiting for the DVC workspace, held by %s", holder_now)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(holder)
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def make_notifier() -> Any:
     """The Airflow notifier of `airflow.notifier` in params.yaml ({class, kwargs}), or None."""
     spec = airflow_settings().notifier
@@ -213,7 +180,7 @@ def stage_task(spec: PipelineSpec, stage: str, outlets: Iterable[Any] = ()) -> A
 
 
 def _run(stage: str, pipeline_name: str, context: dict) -> dict:
-    """Run the stage through the runner, holding the workspace; emit the outlets' events."""
+    """Run the stage through the runner; emit the outlets' events."""
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
     from tasks.runner import InputRejected, lock_entry
@@ -221,9 +188,8 @@ def _run(stage: str, pipeline_name: str, context: dict) -> dict:
 
     dag_id = context["dag"].dag_id
     try:
-        with workspace_lock(f"{dag_id} {context['run_id']} {stage}"):
-            result = run(stage, pipeline_name=pipeline_name, dag_id=dag_id,
-                         run_id=context["run_id"])
+        # the runner holds the workspace lock (tasks/workspace.py) while the stage runs
+        result = run(stage, pipeline_name=pipeline_name, dag_id=dag_id, run_id=context["run_id"])
     except InputRejected as exc:
         raise AirflowFailException(str(exc)) from exc
     outlets = list(getattr(context["task"], "outlets", None) or [])

@@ -37,6 +37,7 @@ from tasks.config import dvc_stages, load_params, pipeline, stage_metrics
 from tasks.lineage import TrackingUnavailable
 from tasks.settings import apply, project_root
 from tasks.stage import EXIT_BAD_INPUT
+from tasks.workspace import workspace_lock
 
 log = logging.getLogger("crediflow.runner")
 # The exit status when the MLflow tracking server does not answer (sysexits' EX_UNAVAILABLE):
@@ -216,9 +217,15 @@ def _tracking(note: str, stage_run: str | None = None) -> Iterator[None]:
 
 
 def run_stage(stage: str, *, pipeline_name: str, dag_id: str, run_id: str) -> dict:
-    """Run one stage and log it under the pipeline run. Raises TrackingUnavailable, before
+    """Run one stage and log it under the pipeline run, holding the DVC workspace (waiting
+    while another run's stage holds it). Raises TrackingUnavailable, before
     any DVC work, when the tracking server does not answer; StageFailed when the stage fails,
     after putting its outputs back as dvc.lock records them."""
+    with workspace_lock(f"{dag_id} {run_id} {stage}"):
+        return _run_stage(stage, pipeline_name=pipeline_name, dag_id=dag_id, run_id=run_id)
+
+
+def _run_stage(stage: str, *, pipeline_name: str, dag_id: str, run_id: str) -> dict:
     untouched = f"stage {stage} did not run and the workspace is unchanged"
     lineage.check_tracking_server(note=untouched)
     with _tracking(untouched):

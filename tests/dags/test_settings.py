@@ -215,7 +215,7 @@ def test_failure_callback_logs_stage_log_and_run_and_notifies(project, stage_run
 
 
 def test_a_second_run_waits_for_the_workspace(project):
-    from tasks.airflow_tasks import workspace_lock
+    from tasks.workspace import workspace_lock
 
     events: list[tuple[str, float]] = []
 

@@ -229,3 +229,20 @@ def test_the_mlflow_link_and_the_failure_callback_do_not_wait_on_a_server_that_i
     assert link.startswith("http")
     logged = capsys.readouterr()  # Airflow's structlog writes the callback's log to stdout
     assert "MLflow run: unknown (the MLflow tracking server" in logged.out + logged.err
+
+
+def test_a_stage_run_waits_while_another_run_holds_the_workspace(project) -> None:
+    """What a container task runs (`python -m tasks.runner ... --stage`) takes the same
+    workspace lock as a task on the Airflow worker."""
+    from tasks.workspace import workspace_lock
+
+    with workspace_lock("the test's run"):
+        proc = _runner(project, os.environ["MLFLOW_TRACKING_URI"], "--stage", "ingest",
+                       "--run-id", "manual__locked", stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE)
+        time.sleep(8)
+        assert proc.poll() is None, proc.communicate()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "waiting for the DVC workspace, held by the test's run" in err
+    assert json.loads(out.splitlines()[-1])["stage"] == "ingest"
