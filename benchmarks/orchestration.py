@@ -12,10 +12,20 @@ its part of the report; `main` runs those asked for and merges them into the JSO
   the CPUs divided among the shards (at least 1), and for N > 1 also every CPU in every shard
   (oversubscribed, what a shard gets when nothing divides them).
 
+- `overhead`: the orchestration's own cost on the demo. The DAGs (`curate`, `train`) run once
+  through Airflow as `make demo` runs them (`python -m tasks.demo`: `dag.test()`, each task
+  through the stage runner: DVC, MLflow runs, lineage, the asset event), and the same stages
+  run directly as `python -m tasks.<stage>`, each in a fresh copy of the project (the code,
+  dvc.yaml, params.yaml and the demo's raw data, under git and DVC; cold data caches; its own
+  Airflow and MLflow stores; the converted SmolLM2 in ~/.cache is shared and already there).
+  Per stage: the Airflow task's duration (task_instance.duration) against the direct run's
+  wall time; per DAG: the whole `dag.test()` against the sum of its direct stages. Goal: at
+  most 10% or 15 s more per stage. Takes as long as two demo runs (about 26 min on 2 cores).
+
 Data: the first `--rows` records of the demo data (data/raw/demo.jsonl after `make demo`;
 built with crediflow.synthetic.demo when missing), ingested as the ingest stage does.
 
-Usage: python benchmarks/orchestration.py [--measure embedding_throughput] [--rows 2000]
+Usage: python benchmarks/orchestration.py [--measure embedding_throughput|overhead] [--rows 2000]
        [--shards 1,2,4] [--out benchmarks/results/orchestration.json]
 """
 
@@ -24,6 +34,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -136,8 +148,91 @@ def embedding_throughput(rows: int, shard_counts: list[int]) -> dict:
     }
 
 
+def _fresh_project(base: Path, name: str) -> tuple[Path, dict[str, str]]:
+    """A fresh copy of this project in base/name (see `overhead`) and its environment."""
+    from tasks.settings import defaults
+
+    root = base / name
+    root.mkdir(parents=True)
+    for folder in ("crediflow", "tasks"):
+        shutil.copytree(ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for file in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy(ROOT / file, root / file)
+    for folder in ("data/raw", "data/truth"):
+        shutil.copytree(ROOT / folder, root / folder)
+    env = {k: v for k, v in os.environ.items() if k not in defaults()} | defaults(root)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "."],
+                ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "init"],
+                ["airflow", "db", "migrate"],
+                [sys.executable, "-m", "tasks.airflow_tasks", "pools"]):
+        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
+    return root, env
+
+
+def _timed(cmd: list[str], root: Path, env: dict[str, str], log: Path) -> float:
+    """Run `cmd` in `root`, its output into `log`; its wall time in seconds."""
+    start = time.perf_counter()
+    with log.open("w") as out:
+        done = subprocess.run(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {done.returncode}):\n{tail}")
+    return time.perf_counter() - start
+
+
+def overhead(dag_ids: list[str]) -> dict:
+    """Airflow (dag.test, stage runner, DVC, MLflow) against the stages run directly."""
+    from tasks.config import pipeline
+
+    stages = {dag: list(pipeline(dag).stages) for dag in dag_ids}
+    with tempfile.TemporaryDirectory(prefix="crediflow-overhead-") as tmp:
+        base = Path(tmp)
+        root, env = _fresh_project(base, "direct")
+        direct = {}
+        for dag in dag_ids:
+            for stage in stages[dag]:
+                direct[stage] = _timed([sys.executable, "-m", f"tasks.{stage}"], root, env,
+                                       base / f"direct-{stage}.log")
+                print(f"direct {stage}: {direct[stage]:.1f} s", flush=True)
+        shutil.rmtree(root)
+        root, env = _fresh_project(base, "airflow")
+        walls = {}
+        for dag in dag_ids:
+            walls[dag] = _timed([sys.executable, "-m", "tasks.demo", dag], root, env,
+                                base / f"airflow-{dag}.log")
+            print(f"airflow {dag}: {walls[dag]:.1f} s", flush=True)
+        with sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db") as db:
+            tasks = {(dag, task): duration for dag, task, duration in db.execute(
+                "SELECT dag_id, task_id, duration FROM task_instance")}
+    rows = []
+    for dag in dag_ids:
+        for stage in stages[dag]:
+            via = float(tasks[(dag, stage)])
+            extra = via - direct[stage]
+            rows.append({"dag": dag, "stage": stage, "direct_s": round(direct[stage], 1),
+                         "airflow_task_s": round(via, 1), "overhead_s": round(extra, 1),
+                         "overhead_pct": round(100 * extra / direct[stage], 1),
+                         "goal_met": extra <= max(0.10 * direct[stage], 15.0)})
+    dags = {dag: {"direct_s": round(sum(direct[s] for s in stages[dag]), 1),
+                  "airflow_s": round(walls[dag], 1),
+                  "other_tasks_s": {task: round(float(d), 1) for (d_id, task), d in tasks.items()
+                                    if d_id == dag and task not in stages[dag]}}
+            for dag in dag_ids}
+    for row in dags.values():
+        row["overhead_s"] = round(row["airflow_s"] - row["direct_s"], 1)
+        row["overhead_pct"] = round(100 * row["overhead_s"] / row["direct_s"], 1)
+    return {"what": "the demo's DAGs through Airflow (python -m tasks.demo: dag.test, the "
+                    "stage runner, DVC, MLflow) vs the same stages run as python -m "
+                    "tasks.<stage>, each in a fresh project copy; goal <= 10% or <= 15 s "
+                    "per stage",
+            "stages": rows, "dags": dags,
+            "goal_met": all(r["goal_met"] for r in rows)}
+
+
 MEASUREMENTS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "embedding_throughput": lambda args: embedding_throughput(args.rows, args.shards),
+    "overhead": lambda args: overhead(args.dags),
 }
 
 
@@ -150,6 +245,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--shards", type=lambda s: [int(x) for x in s.split(",")],
                         default=[1, 2, 4])
+    parser.add_argument("--dags", type=lambda s: s.split(","), default=["curate", "train"],
+                        help="overhead: the DAGs to run, in order (default: curate,train)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/orchestration.json"))
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))  # crediflow and tasks of this checkout
