@@ -110,12 +110,15 @@ def embedding_throughput(rows: int, shard_counts: list[int]) -> dict:
     with tempfile.TemporaryDirectory(prefix="crediflow-orchestration-") as tmp:
         project = demo_records(rows, Path(tmp))
         _use_cache(project, ".cache-warmup")  # page in the libraries and the model, untimed
+        start = time.perf_counter()
         warmup = subprocess.run(
             [sys.executable, "-m", "tasks.shards", "embed", "--shard", "0", "--of", "20"],
             cwd=ROOT, env=os.environ | {"CREDIFLOW_HOME": str(project)}, capture_output=True,
             text=True)
         if warmup.returncode:
             raise SystemExit(f"the warm-up shard failed:\n{warmup.stderr[-2000:]}")
+        print(f"warm-up (1/20 of the rows, one process) {time.perf_counter() - start:.1f} s",
+              flush=True)
         for shards, threads in configs:
             _use_cache(project, f".cache-{shards}x{threads}")  # a cold cache each
             run = run_shards(project, "embed", shards, threads)

@@ -242,14 +242,17 @@ def shard_task(spec: PipelineSpec, stage: str) -> Any:
 @task
 def fill_shard(stage: str, of: int, shard: int, **context) -> dict:
     """Compute shard `shard` of `of` of a stage's rows into its cache (`python -m tasks.shards`,
-    in its own process); bad params or input are not retried."""
+    in its own process, with this machine's CPUs divided among the shards: they run at once
+    under the LocalExecutor, and oversubscribed torch threads cost more than they bring, see
+    the README); bad params or input are not retried."""
     from airflow.sdk.exceptions import AirflowFailException
 
+    from crediflow.core.cpus import available_cpus
     from tasks.shards import ShardRejected, run_shard
 
     with task_log_file(context):
         try:
-            return run_shard(stage, shard=shard, of=of)
+            return run_shard(stage, shard=shard, of=of, threads=max(1, available_cpus() // of))
         except ShardRejected as exc:
             raise AirflowFailException(str(exc)) from exc
 
