@@ -18,9 +18,10 @@ its part of the report; `main` runs those asked for and merges them into the JSO
   run directly as `python -m tasks.<stage>`, each in a fresh copy of the project (the code,
   dvc.yaml, params.yaml and the demo's raw data, under git and DVC; cold data caches; its own
   Airflow and MLflow stores; the converted SmolLM2 in ~/.cache is shared and already there).
-  Per stage: the Airflow task's duration (task_instance.duration) against the direct run's
-  wall time; per DAG: the whole `dag.test()` against the sum of its direct stages. Goal: at
-  most 10% or 15 s more per stage. Takes as long as two demo runs (about 26 min on 2 cores).
+  (`python -m tasks.demo` reads the DAGs of the copy.) Per stage: the Airflow task's
+  duration (task_instance.duration) against the direct run's wall time; per DAG: the whole
+  `dag.test()` against the sum of its direct stages. Goal: at most 10% or 15 s more per
+  stage. Takes as long as two demo runs (about 26 min on 2 cores).
 
 Data: the first `--rows` records of the demo data (data/raw/demo.jsonl after `make demo`;
 built with crediflow.synthetic.demo when missing), ingested as the ingest stage does.
@@ -157,7 +158,7 @@ def _fresh_project(base: Path, name: str) -> tuple[Path, dict[str, str]]:
 
     root = base / name
     root.mkdir(parents=True)
-    for folder in ("crediflow", "tasks"):
+    for folder in ("crediflow", "tasks", "dags"):
         shutil.copytree(ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     for file in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(ROOT / file, root / file)
