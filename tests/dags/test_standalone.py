@@ -118,9 +118,13 @@ def _alive(seen: dict[int, float]) -> list[str]:
 class Standalone:
     """`make airflow` running in its own process group, and every process seen under it."""
 
-    def __init__(self, log: Path) -> None:
+    def __init__(self, log: Path, home: Path) -> None:
         port = _free_port()
+        self.home = home
         env = os.environ | {
+            # its own Airflow DB: the session's holds the DAGs' next runs from earlier tests,
+            # which the scheduler would start before the DAG processor reads this project's
+            "AIRFLOW_HOME": str(home),
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__API__BASE_URL": f"http://localhost:{port}",
             "PATH": f"{PROJECT_ROOT / '.venv/bin'}{os.pathsep}{os.environ['PATH']}",
@@ -164,7 +168,7 @@ class Standalone:
 def airflow(project, tmp_path):
     """`make airflow` started, healthy and logged in; stopped afterwards, and nothing it
     started may outlive the stop of its process group."""
-    server = Standalone(tmp_path / "airflow.log")
+    server = Standalone(tmp_path / "airflow.log", tmp_path / "airflow")
     try:
         api = server.api
 
@@ -173,8 +177,7 @@ def airflow(project, tmp_path):
             return status == 200 and body["scheduler"]["status"] == "healthy"
 
         server.wait("the API server and a healthy scheduler", healthy, START_TIMEOUT_S)
-        password_file = Path(os.environ["AIRFLOW_HOME"]) / \
-            "simple_auth_manager_passwords.json.generated"
+        password_file = server.home / "simple_auth_manager_passwords.json.generated"
         assert password_file.exists(), "standalone mode wrote no password file"
         assert api.call("GET", "/api/v2/dags")[0] == 401, "the API answers without a token"
         api.login(password_file)
