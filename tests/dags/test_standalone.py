@@ -160,7 +160,8 @@ class Standalone:
             time.sleep(1)
         left = _alive(self.seen)
         for line in left:
-            os.kill(int(line.split()[0]), signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(line.split()[0]), signal.SIGKILL)
         return left
 
 
