@@ -69,8 +69,9 @@ def _stage_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the stage's process group, SIGKILL it when still there after 10 s."""
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group that `proc` leads (a stage, a shard); SIGKILL it when still
+    there after 10 s."""
     import signal
 
     for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
@@ -103,7 +104,7 @@ def dvc_repro(stage: str, root: Path | None = None, *, env: dict[str, str] | Non
                 tail.append(line)
                 skipped |= SKIPPED_MARK in line
         except BaseException:
-            _stop_group(proc)
+            stop_group(proc)
             raise
     if proc.returncode:
         errors = [ln for ln in tail if ln.startswith(("error:", "  "))]

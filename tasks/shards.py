@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ import numpy as np
 from crediflow.data.shards import shard_rows
 from crediflow.errors import ConfigError
 from tasks.config import SHARDED_STAGES, pipeline, stage_config
+from tasks.runner import stop_group
 from tasks.settings import apply, project_root
 from tasks.stage import EXIT_BAD_INPUT, stage_main
 
@@ -147,19 +147,6 @@ def shard_command(stage: str, *, shard: int, of: int, threads: int | None = None
     return cmd + (["--threads", str(threads)] if threads is not None else [])
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the shard's process group, SIGKILL it when still there after 10 s."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def run_shard(stage: str, *, shard: int, of: int, threads: int | None = None,
               root: Path | None = None) -> dict[str, Any]:
     """Run one shard in its own process (and process group, stopped with the caller) in the
@@ -183,7 +170,7 @@ def run_shard(stage: str, *, shard: int, of: int, threads: int | None = None,
                 if line.startswith(SUMMARY_MARK):
                     summary = json.loads(line.removeprefix(SUMMARY_MARK))
         except BaseException:
-            _stop_group(proc)
+            stop_group(proc)
             raise
     if proc.returncode or summary is None:
         error = ShardRejected if proc.returncode == EXIT_BAD_INPUT else ShardFailed

@@ -3,6 +3,7 @@ project's code, dvc.yaml and params.yaml, under git and DVC, with Airflow's DB m
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,3 +19,20 @@ def new_project(build_project) -> Callable[..., Path]:
         return build_project(setup, params, airflow=True)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def rated_demo() -> Callable[[Path], None]:
+    """setup(root): the demo data (300 records) with a rating in each record, so that select
+    runs with the column rater (the LLM raters have their own tests)."""
+    from crediflow.synthetic.demo import write_demo
+
+    def setup(root: Path) -> None:
+        write_demo(root / "data/raw/demo.jsonl", root / "data/truth/demo_labels.csv", n=300,
+                   seed=1)
+        raw = root / "data/raw/demo.jsonl"
+        records = [json.loads(line) for line in raw.read_text().splitlines()]
+        raw.write_text("".join(json.dumps({**r, "rating": 1 + i % 5}) + "\n"
+                               for i, r in enumerate(records)))
+
+    return setup

@@ -12,24 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from crediflow.synthetic.demo import write_demo
 from tasks.settings import PROJECT_ROOT
 
 
 @pytest.fixture(scope="module")
-def project(new_project) -> Path:
+def project(new_project, rated_demo) -> Path:
     """A fresh project with the demo data (300 records); ratings in the data, so that select
     runs with the column rater (the LLM raters have their own tests)."""
-
-    def setup(root: Path) -> None:
-        write_demo(root / "data/raw/demo.jsonl", root / "data/truth/demo_labels.csv", n=300,
-                   seed=1)
-        raw = root / "data/raw/demo.jsonl"
-        records = [json.loads(line) for line in raw.read_text().splitlines()]
-        raw.write_text("".join(json.dumps({**r, "rating": 1 + i % 5}) + "\n"
-                               for i, r in enumerate(records)))
-
-    return new_project(setup, {"select": {"rater": "column"}})
+    return new_project(rated_demo, {"select": {"rater": "column"}})
 
 
 def _dagbag():

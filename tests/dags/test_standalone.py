@@ -21,7 +21,6 @@ import psutil
 import pytest
 import yaml
 
-from crediflow.synthetic.demo import write_demo
 from tasks.settings import PROJECT_ROOT
 
 START_TIMEOUT_S = 240
@@ -78,22 +77,13 @@ def _wait(what: str, check, timeout: float, log: Path, every: float = 2.0):
 
 
 @pytest.fixture(scope="module")
-def project(new_project) -> Path:
+def project(new_project, rated_demo) -> Path:
     """A project with 300 demo records rated in the data (the column rater), curate manual
     only, so that the REST trigger makes the only run."""
-
-    def setup(root: Path) -> None:
-        write_demo(root / "data/raw/demo.jsonl", root / "data/truth/demo_labels.csv", n=300,
-                   seed=1)
-        raw = root / "data/raw/demo.jsonl"
-        records = [json.loads(line) for line in raw.read_text().splitlines()]
-        raw.write_text("".join(json.dumps({**r, "rating": 1 + i % 5}) + "\n"
-                               for i, r in enumerate(records)))
-
     curate = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["pipelines"]["curate"]
-    return new_project(setup, {"select": {"rater": "column"},
-                               "pipelines": {"curate": curate | {"schedule": None,
-                                                                 "retries": 0}}})
+    return new_project(rated_demo, {
+        "select": {"rater": "column"},
+        "pipelines": {"curate": curate | {"schedule": None, "retries": 0}}})
 
 
 def _tree(root: psutil.Process, seen: dict[int, float]) -> None:

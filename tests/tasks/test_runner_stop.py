@@ -6,7 +6,7 @@ import os
 import subprocess
 import time
 
-from tasks.runner import _stop_group
+from tasks.runner import stop_group
 
 
 def test_stopping_a_stage_stops_its_children(tmp_path):
@@ -18,7 +18,7 @@ def test_stopping_a_stage_stops_its_children(tmp_path):
             break
         time.sleep(0.05)
     child = int(pids.read_text())
-    _stop_group(proc)
+    stop_group(proc)
     assert proc.poll() is not None
     for _ in range(100):
         try:
